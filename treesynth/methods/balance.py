@@ -144,15 +144,15 @@ class TreeSynthBalance(Method):
         extra = Counter(list(leaves)[j % len(leaves)] for j in range(max(0, n - base)))
         want = {b: deficit[b] + extra[b] for b in leaves}
         try:
-            await asyncio.gather(*(self.engine._fill(leaves[b], want[b]) for b in leaves if want[b] > 0))
+            await asyncio.gather(*(self.engine.fill_leaf(leaves[b], want[b]) for b in leaves if want[b] > 0))
         finally:
             self.engine.log.close()
         lanes: dict[str, list[PromptRecord]] = {}
         for b in [*leaves, UNROUTED]:
             lane = [self._source_record(i, b) for i in chosen[b]]
             if b in leaves:
-                samples = self.engine._samples(b)[: want[b]]
-                lane += [self.engine._record(tree, leaves[b], s, sample, call)
+                samples = self.engine.leaf_samples(b)[: want[b]]
+                lane += [self.engine.leaf_record(tree, leaves[b], s, sample, call)
                          for s, (sample, call) in enumerate(samples)]
             lanes[b] = lane
         out = [lane[j] for j in range(max(map(len, lanes.values()), default=0)) for lane in lanes.values()

@@ -71,10 +71,10 @@ class TreeSynth(Method):
         order = schedule(n, [self.weight(leaf) for leaf in leaves])
         need = Counter(order)
         try:
-            await asyncio.gather(*(self._fill(leaves[i], need[i]) for i in need))
+            await asyncio.gather(*(self.fill_leaf(leaves[i], need[i]) for i in need))
         finally:
             self.log.close()
-        samples = {leaf.id: self._samples(leaf.id) for leaf in leaves}
+        samples = {leaf.id: self.leaf_samples(leaf.id) for leaf in leaves}
         out, slot = [], Counter()
         for i in order:
             leaf = leaves[i]
@@ -82,14 +82,15 @@ class TreeSynth(Method):
             slot[leaf.id] += 1
             if s < len(samples[leaf.id]):
                 sample, call = samples[leaf.id][s]
-                out.append(self._record(tree, leaf, s, sample, call))
+                out.append(self.leaf_record(tree, leaf, s, sample, call))
         return out
 
-    def _samples(self, leaf_id: str) -> list[tuple[dict, dict]]:
+    def leaf_samples(self, leaf_id: str) -> list[tuple[dict, dict]]:
+        """(sample, call row) pairs generated for a leaf so far, in call order (also used by balancing)."""
         calls = self._calls.get(leaf_id, {})
         return [(s, calls[c]) for c in sorted(calls) for s in calls[c]["samples"]]
 
-    async def _fill(self, leaf: Node, count: int) -> None:
+    async def fill_leaf(self, leaf: Node, count: int) -> None:
         """Make the leaf hold at least `count` samples (bounded number of calls)."""
         k = self.t.samples_per_call
         budget = math.ceil(count / k) + EXTRA_LEAF_CALLS
@@ -123,7 +124,8 @@ class TreeSynth(Method):
             "samples": self.env.task.parse_samples(c),
         }
 
-    def _record(self, tree: Tree, leaf: Node, slot: int, sample: dict, call: dict) -> PromptRecord:
+    def leaf_record(self, tree: Tree, leaf: Node, slot: int, sample: dict, call: dict) -> PromptRecord:
+        """The prompt record for a leaf's `slot`-th sample, with its path and draws in meta."""
         return PromptRecord(
             id=f"{leaf.id}/{slot}",
             prompt=self.env.task.build_prompt(sample),
