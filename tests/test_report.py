@@ -24,7 +24,8 @@ L, Q = "llama3_1_8b", "qwen2_5_7b"
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("results") / "fx"
-    assert report.main([str(FIXTURES), "--name", "fx", "--results", str(out.parent), "--no-tsne"]) == 0
+    assert report.main([str(FIXTURES), "--name", "fx", "--results", str(out.parent), "--no-tsne",
+                        "--note", "Fixture runs.\nNot the paper's setting."]) == 0
     return out
 
 
@@ -129,6 +130,7 @@ def test_plots_and_skipped_runs(built: Path) -> None:
     assert not list(built.glob("scaling_accuracy_*qwen*"))  # one size only: no curve
     md = (built / "report.md").read_text()
     assert "crashed/summary.json" in md and "t-SNE skipped" in md
+    assert md.splitlines()[2:4] == ["> Fixture runs.", "> Not the paper's setting."]  # --note, under the title
 
 
 def test_bad_input(tmp_path: Path) -> None:

@@ -535,8 +535,10 @@ def tsne_figures(runs: list[Run], out: Path) -> tuple[list[Path], str | None]:
 
 
 # ----------------------------------------------------------------------------------------------- report
-def build_report(root: str | Path, out: str | Path, paper_dir: Path = PAPER_DIR, tsne: bool = True) -> Path:
-    """Write the report for every run under `root` into `out`; returns the path of report.md."""
+def build_report(root: str | Path, out: str | Path, paper_dir: Path = PAPER_DIR, tsne: bool = True,
+                 note: str | None = None) -> Path:
+    """Write the report for every run under `root` into `out`; returns the path of report.md.
+    `note` is printed under the title (e.g. how the runs differ from the paper's setting)."""
     runs, skipped = load_runs(root)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -544,8 +546,10 @@ def build_report(root: str | Path, out: str | Path, paper_dir: Path = PAPER_DIR,
     tables = build_tables(obs)
     paper = Paper.load(paper_dir)
 
-    md = [f"# Report: {len(runs)} run(s) under `{root}`", "",
-          "Accuracy in %, headline metric per benchmark; diversity = mean pairwise cosine similarity "
+    md = [f"# Report: {len(runs)} run(s) under `{root}`", ""]
+    if note:
+        md += [f"> {line}" if line.strip() else ">" for line in note.strip().splitlines()] + [""]
+    md += ["Accuracy in %, headline metric per benchmark; diversity = mean pairwise cosine similarity "
           "(lower is more diverse). `(n=k)`: mean over k runs (seeds). `-`: no run produced that cell.", ""]
     table_rows, cell_rows, cmp_rows = [], [], []
     compared: set[tuple] = set()
@@ -618,11 +622,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default="results", help="results root (default: ./results)")
     parser.add_argument("--paper", default=str(PAPER_DIR), help="folder of the paper's CSVs")
     parser.add_argument("--no-tsne", action="store_true", help="skip the t-SNE figures (embedding is slow)")
+    parser.add_argument("--note", help="text shown under the report's title (e.g. how the setting differs from the paper's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     name = args.name or Path(args.dir).resolve().name
     try:
-        path = build_report(args.dir, Path(args.results) / name, Path(args.paper), tsne=not args.no_tsne)
+        path = build_report(args.dir, Path(args.results) / name, Path(args.paper), tsne=not args.no_tsne,
+                            note=args.note)
     except TreesynthError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
