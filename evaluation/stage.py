@@ -4,15 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from evaluation.harness import run_eval
+from treesynth.datasets import local_data_digest
 from treesynth.errors import TreesynthError
 from treesynth.io import atomic_write_json
 from treesynth.models import resolve_model_path
 from treesynth.pipeline import StageContext
 
 EVAL_FILE = "eval.json"
+
+
+def key_inputs(cfg: DictConfig) -> dict:
+    """The benchmarks' local files by content (part of the artifact key; None: from the hub)."""
+    benchmarks = list(OmegaConf.select(cfg, "task.benchmarks", default=[]) or [])
+    return {"data": local_data_digest(benchmarks, OmegaConf.select(cfg, "data.dir", default=None))}
 
 
 def _evaluate(ctx: StageContext, model_path: str, adapter: str | None) -> dict:

@@ -89,3 +89,29 @@ def test_secrets_are_scrubbed():
 def test_every_stage_entry_resolves_to_a_function():
     for s in STAGES.values():
         assert callable(pipeline._entry(s)), s.entry
+    for s in STAGES.values():
+        assert s.inputs is None or callable(pipeline._import(s.inputs)), s.inputs
+
+
+def test_keys_follow_local_data_content(make_cfg, tmp_path):
+    """Another data dir, an edited data file or an edited method input file: a new artifact, never a stale one."""
+    def data(root, text):
+        (root / "gsm8k").mkdir(parents=True)
+        (root / "gsm8k" / "train.jsonl").write_text(text)
+        return root
+
+    a, b = data(tmp_path / "a", '{"question": "q", "answer": "#### 1"}\n'), data(tmp_path / "b", "{}\n")
+    copy = data(tmp_path / "copy", (a / "gsm8k" / "train.jsonl").read_text())
+    key = {name: stage_key(make_cfg("method=human", f"data.dir={d}"), "synthesize") for name, d in
+           [("a", a), ("b", b), ("copy", copy)]}
+    assert key["a"] != key["b"] and key["a"] == key["copy"]  # by content, not by path
+    assert stage_key(make_cfg("data.dir=null"), "evaluate_base") != stage_key(make_cfg(f"data.dir={a}"), "evaluate_base")
+    # a file named by the method's config
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text('{"instruction": "x"}\n')
+    before = stage_key(make_cfg("method=evol_instruct", f"method.seed_file={seeds}"), "synthesize")
+    seeds.write_text('{"instruction": "changed"}\n')
+    assert stage_key(make_cfg("method=evol_instruct", f"method.seed_file={seeds}"), "synthesize") != before
+    cfg = make_cfg("method=human", f"data.dir={a}")
+    assert pipeline.stage_config(cfg, STAGES["synthesize"])["inputs"]["data"] == {
+        "gsm8k/train.jsonl": pipeline._import("treesynth.datasets:file_digest")(a / "gsm8k" / "train.jsonl")}

@@ -11,10 +11,11 @@ and decontamination (the evaluation benchmarks' test sets, `BENCHMARK_TESTS`).
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,34 @@ def source_fingerprint(src: Source, cfg_dir: str | Path | None = None) -> str:
         st = path.stat()
         return f"{src.name}:{path.resolve()}:{st.st_size}:{int(st.st_mtime)}"
     return f"{src.name}:hub:{json.dumps(src.hub, sort_keys=True)}:{','.join(src.hub_configs)}"
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's content (memoized per process on path, size and mtime)."""
+    path = Path(path)
+    st = path.stat()
+    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if memo not in _DIGESTS:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _DIGESTS[memo] = h.hexdigest()[:16]
+    return _DIGESTS[memo]
+
+
+def local_data_digest(folders: Iterable[str], cfg_dir: str | Path | None = None) -> dict[str, str] | None:
+    """Content digests of every file in the named folders of the local data dir (None: no data dir, the
+    hub is used). Artifact keys include it, so other or edited local files never reuse a stale artifact."""
+    root = data_dir(cfg_dir)
+    if root is None:
+        return None
+    return {p.relative_to(root).as_posix(): file_digest(p)
+            for folder in sorted(set(folders)) if (root / folder).is_dir()
+            for p in sorted((root / folder).rglob("*")) if p.is_file()}
 
 
 def benchmark_sources(benchmark: str) -> tuple[Source, ...]:

@@ -39,6 +39,8 @@ class Stage:
     depends_on: tuple[str, ...]  # dotted config paths whose values change this stage's output
     after: tuple[str, ...]  # upstream stages; their keys are folded into this one's
     entry: str  # "module:function", imported lazily so `run.py stages=[synthesize]` never loads TRL
+    # "module:function(cfg) -> dict": what the stage reads besides its config (local data files, by content)
+    inputs: str | None = None
 
 
 # One table, in execution order. Adding a stage = one row here + its module.
@@ -50,11 +52,14 @@ STAGES: dict[str, Stage] = {
             ("task", "method", "llm", "teacher", "data.size", "data.hygiene", "data.verify", "seed"),
             (),
             "treesynth.synthesize:run",
+            "treesynth.synthesize:key_inputs",
         ),
         Stage("diversity", ("diversity",), ("synthesize",), "treesynth.metrics.stage:run"),
         Stage("train", ("model", "train", "seed"), ("synthesize",), "training.stage:run"),
-        Stage("evaluate_base", ("model", "eval", "task.benchmarks"), (), "evaluation.stage:run_base"),
-        Stage("evaluate", ("eval", "task.benchmarks"), ("train",), "evaluation.stage:run_finetuned"),
+        Stage("evaluate_base", ("model", "eval", "task.benchmarks"), (), "evaluation.stage:run_base",
+              "evaluation.stage:key_inputs"),
+        Stage("evaluate", ("eval", "task.benchmarks"), ("train",), "evaluation.stage:run_finetuned",
+              "evaluation.stage:key_inputs"),
     ]
 }
 
@@ -80,13 +85,16 @@ def _strip_runtime(node: Any) -> Any:
 
 
 def stage_config(cfg: DictConfig, stage: Stage) -> dict:
-    """The exact config slice a stage depends on (resolved, runtime knobs removed)."""
+    """The exact config slice a stage depends on (resolved, runtime knobs removed), plus the digests of
+    the files it reads (`inputs`): pointing data.dir at other files gives another artifact."""
     out = {}
     for path in stage.depends_on:
         value = OmegaConf.select(cfg, path, default=None)
         if isinstance(value, DictConfig) or OmegaConf.is_list(value):
             value = OmegaConf.to_container(value, resolve=True)
         out[path] = _strip_runtime(value)
+    if stage.inputs:
+        out["inputs"] = _import(stage.inputs)(cfg)
     return out
 
 
@@ -138,9 +146,13 @@ def _locked(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _entry(stage: Stage) -> Callable[[StageContext], dict]:
-    module, func = stage.entry.split(":")
+def _import(ref: str) -> Callable:
+    module, func = ref.split(":")
     return getattr(importlib.import_module(module), func)
+
+
+def _entry(stage: Stage) -> Callable[[StageContext], dict]:
+    return _import(stage.entry)
 
 
 def run_stage(cfg: DictConfig, name: str, tracker: Any = None) -> dict:

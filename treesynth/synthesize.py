@@ -22,6 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from treesynth.datasets import file_digest, local_data_digest
 from treesynth.errors import TreesynthError
 from treesynth.io import atomic_write_bytes, atomic_write_json, write_jsonl
 from treesynth.llm import LLM, build_llm
@@ -49,6 +50,23 @@ async def apply_verify(records: list[dict], teacher: LLM, env: MethodEnv, cfg: D
     if not OmegaConf.select(cfg, "data.verify.enabled", default=False):
         return records, {}
     return await verify_records(records, teacher, env.task, cfg, env.work_dir)
+
+
+def key_inputs(cfg: DictConfig) -> dict[str, Any]:
+    """What the synthesized data reads besides its config, by content (part of the artifact key): the
+    task's folders in the local data dir (training set; benchmarks for decontamination) and the files
+    the method's config names (method.file, seed_file, ...)."""
+    task = cfg.task
+    folders = list(task.get("benchmarks") or [])
+    human = task.get("human")
+    if human and human.get("file"):
+        folders.append(Path(str(human.file)).parts[0])
+    files = {}
+    for name in method_class(str(cfg.method.name)).input_files:
+        value = cfg.method.get(name)
+        if value and Path(str(value)).is_file():
+            files[name] = file_digest(str(value))
+    return {"data": local_data_digest(folders, cfg.data.get("dir")), "method_files": files}
 
 
 def request_cache_dir(cfg: DictConfig) -> Path:

@@ -60,6 +60,7 @@ def route_schema(values: list[str]) -> dict:
 
 class TreeSynthBalance(Method):
     name = "treesynth_balance"
+    input_files = ("source", "tree")
 
     def __init__(self, env: MethodEnv):
         super().__init__(env)

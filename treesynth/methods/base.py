@@ -46,6 +46,8 @@ class MethodEnv:
 
 class Method(ABC):
     name: ClassVar[str]
+    # method config keys that name local files the output depends on (their content is in the artifact key)
+    input_files: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, env: MethodEnv):
         self.env = env

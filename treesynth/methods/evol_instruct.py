@@ -69,6 +69,7 @@ class SeedSampler(Temperature):
 
 class EvolInstruct(Method):
     name = "evol_instruct"
+    input_files = ("seed_file",)
 
     def __init__(self, env: MethodEnv):
         super().__init__(env)

@@ -83,6 +83,7 @@ def convert(task: TaskSpec, row: dict) -> str | None:
 
 class Human(Method):
     name = "human"
+    input_files = ("file",)
 
     def __init__(self, env: MethodEnv):
         super().__init__(env)

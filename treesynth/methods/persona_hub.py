@@ -49,6 +49,7 @@ def read_persona_file(path: Path) -> list[str]:
 
 class PersonaHub(CallStream):
     name = "persona_hub"
+    input_files = ("persona_file",)
 
     def __init__(self, env: MethodEnv):
         super().__init__(env)
