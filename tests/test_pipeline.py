@@ -80,9 +80,14 @@ def test_unknown_stage_is_one_line_error(make_cfg, tmp_path):
 
 
 def test_secrets_are_scrubbed():
-    cfg = {"llm": {"api_key": "sk-123", "api_key_env": "OPENAI_API_KEY", "nested": [{"token": "t"}]}}
+    cfg = {"llm": {"api_key": "sk-123", "api_key_env": "OPENAI_API_KEY", "nested": [{"token": "t"}],
+                   "headers": {"Authorization": "Bearer x"}, "hf_token": "hf_x", "openaiApiKey": "sk"},
+           # settings whose names merely contain "token" are config, not secrets
+           "task": {"response": {"max_tokens": 384}}, "method": {"max_tokens": {"sample": None}}}
     assert scrub_secrets(cfg) == {
-        "llm": {"api_key": "<redacted>", "api_key_env": "OPENAI_API_KEY", "nested": [{"token": "<redacted>"}]}
+        "llm": {"api_key": "<redacted>", "api_key_env": "OPENAI_API_KEY", "nested": [{"token": "<redacted>"}],
+                "headers": {"Authorization": "<redacted>"}, "hf_token": "<redacted>", "openaiApiKey": "<redacted>"},
+        "task": {"response": {"max_tokens": 384}}, "method": {"max_tokens": {"sample": None}},
     }
 
 

@@ -15,6 +15,7 @@ import hashlib
 import importlib
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -184,16 +185,24 @@ def run_stage(cfg: DictConfig, name: str, tracker: Any = None) -> dict:
         return metrics
 
 
-SECRET_WORDS = ("api_key", "token", "secret", "password")
+# A key is secret when one of its words is one of these (hf_token, client_secret, Authorization) or it
+# contains one of the phrases (api_key, openai_apikey). Whole words, so max_tokens or prompt_tokens stay.
+SECRET_WORDS = frozenset({"token", "secret", "password", "passwd", "authorization", "credentials"})
+SECRET_PHRASES = ("api_key", "apikey", "access_key", "private_key")
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a config key holds a secret (keys that *name* an env variable, `*_env`, do not)."""
+    k = key.lower()
+    if k.endswith("_env"):
+        return False
+    return bool(SECRET_WORDS & set(re.split(r"[^a-z0-9]+", k))) or any(p in k for p in SECRET_PHRASES)
 
 
 def scrub_secrets(obj: Any) -> Any:
-    """Drop values under secret-looking keys (keys that *name* an env variable, `*_env`, stay)."""
+    """Replace the values under secret keys with "<redacted>", recursively."""
     if isinstance(obj, dict):
-        return {
-            k: ("<redacted>" if any(w in k.lower() for w in SECRET_WORDS) and not k.endswith("_env") else scrub_secrets(v))
-            for k, v in obj.items()
-        }
+        return {k: "<redacted>" if is_secret_key(str(k)) else scrub_secrets(v) for k, v in obj.items()}
     if isinstance(obj, list):
         return [scrub_secrets(v) for v in obj]
     return obj
