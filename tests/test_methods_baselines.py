@@ -190,3 +190,59 @@ def test_baseline_on_embedded_model(tmp_path, method, task, extra):
     assert all(r["meta"]["generator"] == "smollm2-135m-instruct" for r in rows)
     if method != "human":
         assert metrics["llm"]["calls"] > 0
+
+
+# ------------------------------------------------------------------------------------- hub sources
+# The Hugging Face hub is unreachable here; on a user's machine it is the default source. These tests put a
+# fake `datasets.load_dataset` in its place that serves rows in each hub dataset's own schema, so what is
+# checked is our side: which dataset, config and split we ask for, and how its rows are converted.
+HUB_ROWS = {
+    ("proj-persona/PersonaHub", "persona", "train"): [{"persona": f"A retired {job} who teaches evening classes"}
+                                                      for job in ("baker", "sailor", "surveyor", "pharmacist")],
+    ("sahil2801/CodeAlpaca-20k", None, "train"): [
+        {"instruction": "Write a function that returns the square of a number.", "input": "",
+         "output": "def square(x):\n    return x * x"},
+        {"instruction": "Reverse the given string.", "input": "s = 'abc'", "output": "s[::-1]"},
+    ],
+    ("openai/gsm8k", "main", "train"): [
+        {"question": "Tom has 3 apples and buys 2 more. How many apples does he have?",
+         "answer": "He has 3 + 2 = <<3+2=5>>5 apples.\n#### 5"},
+        {"question": "A box holds 4 pens. How many pens are in 3 boxes?", "answer": "3 * 4 = <<3*4=12>>12\n#### 12"},
+    ],
+}
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    import datasets
+
+    asked: list[tuple] = []
+
+    def load_dataset(path, name=None, split=None, **kw):
+        asked.append((path, name, split))
+        if (path, name, split) not in HUB_ROWS:
+            raise ConnectionError(f"{path} is not served by this fake hub")
+        return list(HUB_ROWS[(path, name, split)])
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.delenv("TREESYNTH_DATA_DIR", raising=False)
+    return asked
+
+
+def test_persona_hub_personas_from_the_hub(tmp_path, fake_hub):
+    rows, metrics, _ = _run(tmp_path, "llm=scripted", "method=persona_hub", "task=gsm8k", "data.dir=null", "data.size=4")
+    assert ("proj-persona/PersonaHub", "persona", "train") in fake_hub
+    assert metrics["persona_source"] == "hub"
+    hub_personas = {r["persona"] for r in HUB_ROWS[("proj-persona/PersonaHub", "persona", "train")]}
+    assert {r["meta"]["persona"] for r in rows} <= hub_personas
+
+
+@pytest.mark.parametrize(("task", "hub_id"), [("code_alpaca", ("sahil2801/CodeAlpaca-20k", None, "train")),
+                                              ("gsm8k", ("openai/gsm8k", "main", "train"))])
+def test_human_training_set_from_the_hub(tmp_path, fake_hub, task, hub_id):
+    rows, metrics, _ = _run(tmp_path, "llm=scripted", "method=human", f"task={task}", "data.dir=null", "data.size=2")
+    assert hub_id in fake_hub and metrics["teacher_attempts"] == 0
+    questions = {r.get("question") or r["instruction"] for r in HUB_ROWS[hub_id]}
+    assert all(any(q in r["prompt"] for q in questions) for r in rows)
+    if task == "gsm8k":  # calculator annotations stripped, answer line kept
+        assert all("<<" not in r["completion"] for r in rows)
