@@ -246,3 +246,13 @@ def test_human_training_set_from_the_hub(tmp_path, fake_hub, task, hub_id):
     assert all(any(q in r["prompt"] for q in questions) for r in rows)
     if task == "gsm8k":  # calculator annotations stripped, answer line kept
         assert all("<<" not in r["completion"] for r in rows)
+
+
+def test_an_unreachable_hub_dataset_is_tried_once_per_process(fake_hub):
+    from treesynth.datasets import DataUnavailable, Source, load_source
+
+    src = Source("nowhere/test", None, {"path": "nowhere/dataset", "split": "test"})
+    for _ in range(2):
+        with pytest.raises(DataUnavailable, match="nowhere/dataset unavailable"):
+            load_source(src)
+    assert fake_hub.count(("nowhere/dataset", None, "test")) == 1

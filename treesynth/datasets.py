@@ -91,23 +91,30 @@ def _read_local(path: Path) -> list[dict]:
     return read_jsonl(path)
 
 
+# Hub failures seen by this process, by (source, loader): the hub client retries for about a minute each
+# time, so the jobs of an offline sweep (one process under the basic launcher) pay for it once.
+_HUB_FAILURES: dict[tuple[str, Any], str] = {}
+
+
 def _read_hub(src: Source) -> list[dict]:
     if not src.hub:
         raise DataUnavailable(f"{src.name}: no local file and no hub copy")
-    try:
-        from datasets import load_dataset
+    import datasets
 
+    memo = (src.name, datasets.load_dataset)
+    if memo in _HUB_FAILURES:
+        raise DataUnavailable(_HUB_FAILURES[memo])
+    try:
         kw = dict(src.hub)
         rows: list[dict] = []
         for config in src.hub_configs or (kw.pop("name", None),):
-            rows.extend(dict(r) for r in load_dataset(**{**kw, "name": config}))
+            rows.extend(dict(r) for r in datasets.load_dataset(**{**kw, "name": config}))
         return rows
     except Exception as e:  # the hub being unreachable shows up as many exception types
         where = f" and no {src.file} under data.dir" if src.file else ""
-        raise DataUnavailable(
-            f"{src.name}: hub dataset {src.hub.get('path')} unavailable ({type(e).__name__}){where}; "
-            "set data.dir / TREESYNTH_DATA_DIR to a folder that has it"
-        ) from None
+        _HUB_FAILURES[memo] = (f"{src.name}: hub dataset {src.hub.get('path')} unavailable ({type(e).__name__}){where}; "
+                               "set data.dir / TREESYNTH_DATA_DIR to a folder that has it")
+        raise DataUnavailable(_HUB_FAILURES[memo]) from None
 
 
 def load_source(src: Source, cfg_dir: str | Path | None = None) -> list[dict]:
