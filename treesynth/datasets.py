@@ -123,15 +123,6 @@ def load_source(src: Source, cfg_dir: str | Path | None = None) -> list[dict]:
     return [r for r in rows if src.keep(r)] if src.keep else rows
 
 
-def source_fingerprint(src: Source, cfg_dir: str | Path | None = None) -> str:
-    """What identifies a source's content cheaply (path, size, mtime; or the hub id) for cache keys."""
-    path = local_path(src, cfg_dir)
-    if path is not None:
-        st = path.stat()
-        return f"{src.name}:{path.resolve()}:{st.st_size}:{int(st.st_mtime)}"
-    return f"{src.name}:hub:{json.dumps(src.hub, sort_keys=True)}:{','.join(src.hub_configs)}"
-
-
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
@@ -147,6 +138,14 @@ def file_digest(path: str | Path) -> str:
                 h.update(chunk)
         _DIGESTS[memo] = h.hexdigest()[:16]
     return _DIGESTS[memo]
+
+
+def source_fingerprint(src: Source, cfg_dir: str | Path | None = None) -> str:
+    """What identifies a source's content for cache keys: the local file's digest, or the hub id."""
+    path = local_path(src, cfg_dir)
+    if path is not None:
+        return f"{src.name}:{file_digest(path)}"
+    return f"{src.name}:hub:{json.dumps(src.hub, sort_keys=True)}:{','.join(src.hub_configs)}"
 
 
 def local_data_digest(folders: Iterable[str], cfg_dir: str | Path | None = None) -> dict[str, str] | None:
