@@ -16,17 +16,19 @@ from treesynth.pipeline import StageContext
 EVAL_FILE = "eval.json"
 
 
+def _benchmarks(cfg: DictConfig) -> list[str]:
+    return list(OmegaConf.select(cfg, "task.benchmarks", default=[]) or [])
+
+
 def key_inputs(cfg: DictConfig) -> dict:
     """The benchmarks' local files by content (part of the artifact key; None: from the hub)."""
-    benchmarks = list(OmegaConf.select(cfg, "task.benchmarks", default=[]) or [])
-    return {"data": local_data_digest(benchmarks, OmegaConf.select(cfg, "data.dir", default=None))}
+    return {"data": local_data_digest(_benchmarks(cfg), OmegaConf.select(cfg, "data.dir", default=None))}
 
 
 def _evaluate(ctx: StageContext, model_path: str, adapter: str | None) -> dict:
     cfg = ctx.cfg
-    benchmarks = list(OmegaConf.select(cfg, "task.benchmarks", default=[]) or [])
     data_dir = OmegaConf.select(cfg, "data.dir", default=None)
-    result = run_eval(cfg.eval, benchmarks, model_path, adapter, data_dir, ctx.dir)
+    result = run_eval(cfg.eval, _benchmarks(cfg), model_path, adapter, data_dir, ctx.dir)
     atomic_write_json(ctx.dir / EVAL_FILE, result)
     return result
 

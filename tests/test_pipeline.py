@@ -7,6 +7,7 @@ import json
 import pytest
 
 from treesynth import pipeline
+from treesynth.datasets import file_digest
 from treesynth.errors import TreesynthError
 from treesynth.pipeline import STAGES, run_pipeline, scrub_secrets, stage_dir, stage_key
 
@@ -119,4 +120,4 @@ def test_keys_follow_local_data_content(make_cfg, tmp_path):
     assert stage_key(make_cfg("method=evol_instruct", f"method.seed_file={seeds}"), "synthesize") != before
     cfg = make_cfg("method=human", f"data.dir={a}")
     assert pipeline.stage_config(cfg, STAGES["synthesize"])["inputs"]["data"] == {
-        "gsm8k/train.jsonl": pipeline._import("treesynth.datasets:file_digest")(a / "gsm8k" / "train.jsonl")}
+        "gsm8k/train.jsonl": file_digest(a / "gsm8k" / "train.jsonl")}

@@ -150,11 +150,6 @@ class Tracker:
 
         self._safe(lambda: self.run.log({name: wandb.Image(str(path))}))
 
-    def log_table(self, name: str, rows: list[dict[str, Any]]) -> None:
-        if self.run is None or not rows:
-            return
-        self._safe(lambda: self.run.log({name: _table(rows)}))
-
     def finish(self) -> None:
         if self.run is not None:
             self._safe(self.run.finish)

@@ -164,18 +164,8 @@ def process_results_mbpp(doc: dict, results: list[str]) -> dict[str, int]:
     return {"pass_at_1": run_tests(mbpp_program(doc, extract_code(results[0])))}
 
 
-def process_results_mbpp_completion(doc: dict, results: list[str]) -> dict[str, int]:
-    """lm-eval's few-shot MBPP prompt: the model writes code after [BEGIN] and stops at [DONE]."""
-    return {"pass_at_1": run_tests(mbpp_program(doc, results[0].split("[DONE]")[0]))}
-
-
 def process_results_humaneval(doc: dict, results: list[str]) -> dict[str, int]:
     return {"pass_at_1": run_tests(humaneval_program(doc, extract_code(results[0])))}
-
-
-def process_results_humaneval_completion(doc: dict, results: list[str]) -> dict[str, int]:
-    """lm-eval's HumanEval prompt: the model continues the function body after the prompt."""
-    return {"pass_at_1": run_tests(doc["prompt"] + results[0] + f"\n\n{doc['test']}\n\ncheck({doc['entry_point']})\n")}
 
 
 def mbpp_doc_to_text(doc: dict) -> str:

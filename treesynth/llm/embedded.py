@@ -289,7 +289,3 @@ class EmbeddedBackend(Backend):
 
     async def aclose(self) -> None:
         self.batcher.close()
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.generated_tokens / self.generate_seconds if self.generate_seconds else 0.0
