@@ -16,7 +16,7 @@ from treesynth.llm.scripted import ScriptedBackend
 from treesynth.methods import hygiene
 from treesynth.methods.verify import extract_answer, verify_records
 from treesynth.pipeline import run_stage, stage_dir
-from treesynth.tasks import load_task
+from treesynth.tasks import task_of
 
 BENCH = REPO / "tests" / "fixtures" / "benchdata"
 LEAKED = json.loads((BENCH / "gsm8k" / "test.jsonl").read_text().splitlines()[0])["question"]
@@ -94,11 +94,11 @@ def test_self_consistency_keeps_majority_agreement(tmp_path):
     cfg = compose_config(["task=gsm8k", "data.verify.enabled=true", "data.verify.k=3"], tmp_path)
     llm = LLM(ScriptedBackend(responder=teacher))
     recs = [_rec(0, "What is three plus four, spelled seven?", "x\n#### 7"), _rec(1, "What is one plus two?", "x\n#### 4")]
-    kept, counts = asyncio.run(verify_records(recs, llm, load_task(cfg.task), cfg, tmp_path))
+    kept, counts = asyncio.run(verify_records(recs, llm, task_of(cfg), cfg, tmp_path))
     assert [r["id"] for r in kept] == ["0"]
     assert counts["verify_kind"] == "self_consistency" and counts["verify_fail_reasons"] == {"majority_disagrees": 1}
     calls = llm.backend.calls
-    asyncio.run(verify_records(recs, llm, load_task(cfg.task), cfg, tmp_path))  # replayed from verify.jsonl
+    asyncio.run(verify_records(recs, llm, task_of(cfg), cfg, tmp_path))  # replayed from verify.jsonl
     assert llm.backend.calls == calls and (tmp_path / "verify.jsonl").exists()
 
 
@@ -115,6 +115,6 @@ def test_code_verification_runs_asserts_in_the_sandbox(tmp_path):
             _rec(1, "sub", block("def sub(a, b):\n    return a + b\nassert sub(5, 3) == 2")),
             _rec(2, "double", block("def double(x):\n    return 2 * x"))]
     kept, counts = asyncio.run(verify_records(recs, LLM(ScriptedBackend(responder=teacher)),
-                                              load_task(cfg.task), cfg, Path(tmp_path)))
+                                              task_of(cfg), cfg, Path(tmp_path)))
     assert [r["id"] for r in kept] == ["0", "2"]
     assert counts["verify_kind"] == "execute" and counts["verify_fail_reasons"] == {"tests_failed": 1}

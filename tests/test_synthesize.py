@@ -17,10 +17,10 @@ import pytest
 from conftest import REPO, compose_config
 
 from treesynth.io import read_jsonl
-from treesynth.llm.scripted import ScriptedBackend
+from treesynth.llm.scripted import ScriptedBackend, request_rng
 from treesynth.methods.treesynth import schedule
 from treesynth.pipeline import run_stage, stage_dir
-from treesynth.tasks import load_task
+from treesynth.tasks import task_of
 
 BASE = ["llm=scripted", "stages=[synthesize]", "method.pivots=3", "method.max_depth=2", "method.max_children=3"]
 
@@ -34,16 +34,17 @@ def test_schedule_prefixes_are_even_and_weighted():
 
 
 def test_exact_size_with_teacher_failures_and_refill(tmp_path, monkeypatch):
-    # The teacher answers only 2 of 3 records (by request seed); the stage must still land exactly 10.
+    # The teacher answers only about 2 of 3 records (by the record's prompt, so every retry of a record
+    # fails alike); the stage must still land exactly 10.
     orig = ScriptedBackend.default_response
 
     def flaky(self, request):
-        if (request.json_schema or {}).get("title") == "response" and request.seed % 3 == 0:
+        if (request.json_schema or {}).get("title") == "response" and request_rng(request, seeded=False).random() < 0.34:
             return "{}"  # not schema-valid: re-sampled, then the record is dropped and refilled
         return orig(self, request)
 
     monkeypatch.setattr(ScriptedBackend, "default_response", flaky)
-    cfg = compose_config([*BASE, "data.size=10", "task.response.retries=0"], tmp_path)
+    cfg = compose_config([*BASE, "data.size=10", "+llm.profile_overrides.response.retries=0"], tmp_path)
     metrics = run_stage(cfg, "synthesize")
     out = stage_dir(cfg, "synthesize")
     rows = read_jsonl(out / "data.jsonl")
@@ -53,7 +54,7 @@ def test_exact_size_with_teacher_failures_and_refill(tmp_path, monkeypatch):
     leaves = set(tree["leaves"])
     assert {r["meta"]["leaf_id"] for r in rows} <= leaves and len({r["meta"]["leaf_id"] for r in rows}) >= 2
     assert all(tree["nodes"][leaf]["is_leaf"] for leaf in leaves)
-    task = load_task(cfg.task)
+    task = task_of(cfg)
     for r in rows:
         assert set(r) == {"id", "task", "method", "prompt", "completion", "meta"}
         assert task.ends_in_answer_format(r["completion"]) and r["meta"]["seed"] == 0

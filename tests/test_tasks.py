@@ -10,13 +10,15 @@ from conftest import CONF, compose_config
 
 from treesynth.errors import TreesynthError
 from treesynth.llm import Completion
-from treesynth.tasks import load_task
+from treesynth.profiles import load_profile
+from treesynth.tasks import load_task, task_of
 
 TASKS = sorted(p.stem for p in (CONF / "task").glob("*.yaml"))
 
 
-def task(name, tmp_path):
-    return load_task(compose_config([f"task={name}"], tmp_path).task)
+def task(name, tmp_path, *overrides):
+    """The task under the embedded default (constrained profile) unless overrides pick another LLM."""
+    return task_of(compose_config([f"task={name}", *overrides], tmp_path))
 
 
 def test_all_four_tasks_exist():
@@ -71,10 +73,9 @@ def test_new_free_text_task_is_one_yaml_dict():
         "fields": {"theme": {"description": "the theme"}},
         "prompt": "Write a haiku about {theme}.",
         "solution": "{prompt}",
-        "answer_format": "\\S",
-        "response": {"mode": "free"},
+        "answer": {"format": "\\S", "template": "{answer}"},
         "benchmarks": [],
-    })
+    }, load_profile("open"))
     assert spec.build_prompt({"theme": "rain"}) == "Write a haiku about rain."
     assert spec.completion_from(Completion(text="drops on the tin roof")) == "drops on the tin roof"
 
@@ -82,15 +83,88 @@ def test_new_free_text_task_is_one_yaml_dict():
 @pytest.mark.parametrize(
     "patch,msg",
     [
-        ({"answer_format": None}, "missing"),
+        ({"answer": None}, "missing"),
         ({"prompt": "{nope}"}, "not in fields"),
-        ({"answer_format": "(["}, "not a valid regex"),
-        ({"response": {"mode": "loud"}}, "structured or free"),
-        ({"response": {"fields": {"answer": {"from_sample": "zzz"}}, "template": "{answer}"}}, "not a sample field"),
+        ({"answer": {"format": "([", "template": "{answer}"}}, "not a valid regex"),
+        ({"answer": {"format": "x", "template": "#### n"}}, "must contain"),
+        ({"answer": {"format": "x", "template": "{answer}", "kind": "loud"}}, "answer.kind"),
+        ({"answer": {"format": "(?P<answer>x)", "template": "{answer}", "from_sample": "zzz"}}, "not a sample field"),
+        ({"answer": {"format": "x", "template": "{answer}", "from_sample": "question"}}, "named group"),
+        ({"fields": {"question": {"description": "q", "size": "huge"}}}, "unknown field size"),
     ],
 )
 def test_bad_task_config_is_one_line_error(patch, msg, tmp_path):
     d = dict(compose_config(["task=gsm8k"], tmp_path).task)
     d.update(patch)
     with pytest.raises(TreesynthError, match=msg):
-        load_task(d)
+        load_task(d, load_profile("constrained"))
+
+
+def _strings(schema):
+    """Every string schema inside a JSON schema."""
+    if schema.get("type") == "string":
+        yield schema
+    for v in schema.get("properties", {}).values():
+        yield from _strings(v)
+    if "items" in schema:
+        yield from _strings(schema["items"])
+
+
+@pytest.mark.parametrize("name", ["gsm8k", "math", "code_alpaca", "simpletom"])
+def test_open_profile_has_no_weak_model_bounds(name, tmp_path):
+    """The paper's setting: no ASCII class, no length bound under 1,000 characters on any generated text,
+    a free-text teacher with a budget that fits real solutions, 10 samples per call."""
+    t = task(name, tmp_path, "llm=openai")
+    assert t.profile.name == "open" and not t.structured and t.teacher_profile.response_max_tokens >= 1024
+    for s in _strings(t.sample_schema(10)):
+        assert "pattern" not in s and s["maxLength"] >= 1000, s
+    assert t.sample_schema(10)["properties"]["samples"]["maxItems"] >= 10
+    assert t.sample_max_tokens(10) >= 10 * 400  # ten 1,500-character problems fit
+    req = t.response_request("Q?", {f.name: "A" for f in t.fields}, seed=1)
+    assert req.json_schema is None and req.max_tokens >= 1024
+    assert t.answer.instruction() in req.messages[-1][1]  # the free-text teacher is told the final-line form
+    prompt = t.generation_prompt([], 10)
+    assert all(c in prompt for c in t.criteria) and len(t.criteria) >= 5 and t.role in prompt
+
+
+def test_constrained_profile_bounds_come_from_the_profile(tmp_path):
+    t = task("gsm8k", tmp_path)
+    assert t.profile.name == "constrained" and t.structured
+    (question,) = t.fields
+    assert question.schema == {"type": "string", "pattern": f"^[{t.profile.charset}]{{20,120}}$"}
+    tom = task("simpletom", tmp_path)
+    assert [f.schema for f in tom.fields if f.name == "option_a"][0]["pattern"].endswith("{3,60}$")
+    assert [f.schema for f in tom.fields if f.name == "key"][0] == {"enum": ["A", "B"]}
+    # the constrained generation prompt stays short: no criteria list
+    assert "Requirements" not in t.generation_prompt([], 1)
+    # llm.profile=constrained over a server, and one profile key for one run
+    over = task("gsm8k", tmp_path, "llm=openai", "llm.profile=constrained", "+llm.profile_overrides.response.max_tokens=99")
+    assert over.structured and over.teacher_profile.response_max_tokens == 99
+
+
+def test_free_text_teacher_checks_format_and_pinned_answer(tmp_path):
+    gsm = task("gsm8k", tmp_path, "llm=openai")
+    long_reasoning = "Step 1: 3 × 4 = 12 — twelve “apples”.\n" * 20
+    assert gsm.completion_from(Completion(text=long_reasoning + "#### 12")) == (long_reasoning + "#### 12").strip()
+    assert gsm.completion_from(Completion(text=long_reasoning + "so twelve")) is None
+    tom = task("simpletom", tmp_path, "llm=openai")
+    sample = {"story": "S.", "question": "Q?", "option_a": "a", "option_b": "b", "key": "B"}
+    assert tom.completion_from(Completion(text="She does not know.\nAnswer: B"), sample) is not None
+    assert tom.completion_from(Completion(text="She does not know.\nAnswer: A"), sample) is None  # not the key
+    assert tom.final_answer("x\nAnswer: A") == "A"
+
+
+def test_teacher_profile_follows_the_teacher(tmp_path):
+    """Generator and teacher may differ: fields follow the generator, the answer style the teacher."""
+    cfg = compose_config(["task=gsm8k", "llm=embedded", "+teacher=null"], tmp_path)
+    cfg.teacher = compose_config(["llm=openai"], tmp_path).llm
+    t = task_of(cfg)
+    assert t.profile.name == "constrained" and t.teacher_profile.name == "open" and not t.structured
+
+
+def test_parse_samples_tolerates_miscounts(tmp_path):
+    t = task("gsm8k", tmp_path, "llm=openai")
+    data = {"samples": [{"question": f"Question number {i} — long enough?"} for i in range(12)]}
+    c = Completion(text="", data=data)
+    assert len(t.parse_samples(c, 10)) == 10 and len(t.parse_samples(c)) == 12
+    assert len(t.parse_samples(Completion(text="", data={"samples": data["samples"][:9]}), 10)) == 9

@@ -12,7 +12,7 @@ from conftest import compose_config
 
 from treesynth.llm import LLM
 from treesynth.llm.scripted import ScriptedBackend, by_title
-from treesynth.tasks import load_task
+from treesynth.tasks import task_of
 from treesynth.tree.builder import (
     CriterionError,
     TreeBuilder,
@@ -25,7 +25,7 @@ from treesynth.tree.builder import (
 
 @pytest.fixture(scope="module")
 def gsm8k(tmp_path_factory):
-    return load_task(compose_config(["task=gsm8k"], tmp_path_factory.mktemp("cfg")).task)
+    return task_of(compose_config(["task=gsm8k", "llm=scripted"], tmp_path_factory.mktemp("cfg")))
 
 
 def build(task, tmp_path: Path, handlers: dict, **tcfg) -> tuple:
@@ -126,7 +126,7 @@ def test_caps_bound_the_tree(gsm8k, tmp_path):
 
 
 def test_fixed_first_level_and_no_level_barrier_resume(tmp_path):
-    math_task = load_task(compose_config(["task=math"], tmp_path).task)
+    math_task = task_of(compose_config(["task=math", "llm=scripted"], tmp_path))
     tree, backend = build(math_task, tmp_path, {}, max_depth=2)
     assert tree.root.child_dimension == "subject" and len(tree.root.children) == 7
     assert tree.root.pivots == []  # fixed first level: no LLM call at the root

@@ -191,11 +191,25 @@ def build_trainer(ctx, peft_config: Any = None, model_dtype: torch.dtype | None 
     return Setup(trainer, loss_log, last, len(rows), model_path, prec)
 
 
+def sequence_lengths(dataset: Any, args: Any) -> dict[str, int]:
+    """Token lengths of the training sequences, and how many reached `train.max_seq_len` (TRL truncates
+    at it: such a record lost the end of its completion). Unpacked data only."""
+    if args.packing or "input_ids" not in dataset.column_names:
+        return {}
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    truncated = sum(n >= args.max_length for n in lengths)
+    if truncated:
+        log.warning("[train] %d of %d records reach train.max_seq_len=%d tokens and were cut; raise train.max_seq_len",
+                    truncated, len(lengths), args.max_length)
+    return {"max_sequence_tokens": max(lengths, default=0), "truncated_records": truncated}
+
+
 def train(ctx, mode: str, peft_config: Any = None, model_dtype: torch.dtype | None = None) -> tuple[Any, dict]:
     """Run SFT on the synthesized data; return (trainer, metrics). The caller saves what its mode produces."""
     cfg, out = ctx.cfg, Path(ctx.dir)
     setup = build_trainer(ctx, peft_config, model_dtype)
     trainer, args = setup.trainer, setup.trainer.args
+    lengths = sequence_lengths(trainer.train_dataset, args)
     if setup.resume_from:
         log.info("[train] resuming from %s", setup.resume_from)
     t0 = time.time()
@@ -214,6 +228,7 @@ def train(ctx, mode: str, peft_config: Any = None, model_dtype: torch.dtype | No
         "steps": int(trainer.state.global_step),
         "examples": setup.examples,
         "train_sequences": len(trainer.train_dataset),
+        **lengths,
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "train_seconds": seconds,
     }

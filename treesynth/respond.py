@@ -1,7 +1,7 @@
 """The teacher step: one solution per prompt record, written with the task's solution prompt.
 
 A completion that does not end in the task's answer format is re-sampled (new derived seed) up to
-`task.response.retries` times; then the record is marked failed (None) and the stage refills it with a
+the teacher profile's `response.retries` times; then the record is marked failed (None) and the stage refills it with a
 new prompt. Every outcome is appended to a checkpoint, so a rerun never asks the teacher again for a
 record it already answered, and the request cache covers calls that returned before a kill.
 """
@@ -17,12 +17,13 @@ from treesynth.tasks import TaskSpec
 
 async def respond_one(llm: LLM, task: TaskSpec, rec: PromptRecord, seed: int) -> tuple[str | None, int]:
     """(completion or None, attempts used)."""
-    for attempt in range(1 + task.response.retries):
+    tries = 1 + task.teacher_profile.response_retries
+    for attempt in range(tries):
         req = task.response_request(rec.prompt, rec.sample, seed=derive_seed(seed, "respond", rec.id, attempt))
-        completion = task.completion_from(await llm.complete(req))
+        completion = task.completion_from(await llm.complete(req), rec.sample)
         if completion is not None:
             return completion, attempt + 1
-    return None, 1 + task.response.retries
+    return None, tries
 
 
 async def respond(

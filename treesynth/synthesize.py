@@ -31,8 +31,9 @@ from treesynth.methods.base import Checkpoint, PromptRecord
 from treesynth.methods.hygiene import filter_records
 from treesynth.methods.verify import verify_records
 from treesynth.pipeline import StageContext
+from treesynth.profiles import used_profiles
 from treesynth.respond import respond
-from treesynth.tasks import load_task
+from treesynth.tasks import task_of
 
 log = logging.getLogger("treesynth")
 
@@ -54,8 +55,8 @@ async def apply_verify(records: list[dict], teacher: LLM, env: MethodEnv, cfg: D
 
 def key_inputs(cfg: DictConfig) -> dict[str, Any]:
     """What the synthesized data reads besides its config, by content (part of the artifact key): the
-    task's folders in the local data dir (training set; benchmarks for decontamination) and the files
-    the method's config names (method.file, seed_file, ...)."""
+    task's folders in the local data dir (training set; benchmarks for decontamination), the files
+    the method's config names (method.file, seed_file, ...) and the capability profiles in use."""
     task = cfg.task
     folders = list(task.get("benchmarks") or [])
     human = task.get("human")
@@ -66,7 +67,8 @@ def key_inputs(cfg: DictConfig) -> dict[str, Any]:
         value = cfg.method.get(name)
         if value and Path(str(value)).is_file():
             files[name] = file_digest(str(value))
-    return {"data": local_data_digest(folders, cfg.data.get("dir")), "method_files": files}
+    return {"data": local_data_digest(folders, cfg.data.get("dir")), "method_files": files,
+            "profiles": used_profiles(cfg)}
 
 
 def request_cache_dir(cfg: DictConfig) -> Path:
@@ -97,7 +99,7 @@ def run(ctx: StageContext) -> dict:
 
 
 async def synthesize(cfg: DictConfig, out: Path) -> dict[str, Any]:
-    task = load_task(cfg.task)
+    task = task_of(cfg)
     size = int(cfg.data.size)
     if size < 1:
         raise TreesynthError(f"data.size must be >= 1, got {size}")

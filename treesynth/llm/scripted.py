@@ -28,8 +28,10 @@ WORDS = (
 Responder = Callable[[ChatRequest], "str | Completion | None"]  # None: the default answer
 
 
-def request_rng(request: ChatRequest) -> random.Random:
-    digest = hashlib.sha256(json.dumps([request.messages, request.seed], sort_keys=True).encode()).digest()
+def request_rng(request: ChatRequest, seeded: bool = True) -> random.Random:
+    """A RNG from the request's messages (and seed, unless seeded=False: the same for every retry)."""
+    key = [request.messages, request.seed] if seeded else [request.messages]
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 

@@ -3,7 +3,7 @@ file: method.file or task.human.file under data.dir). SimpleToM has none: a clea
 
 Rows are converted into the record format and a seeded permutation of them is the stream, so any
 data.size is a seeded subsample. Each record brings its own completion (no teacher call): the human
-solution rewritten into the task's answer format through the task's response template:
+solution rewritten into the task's answer format through the task's answer template:
 - gsm8k: the answer's `<<...>>` calculator annotations stripped; reasoning + `#### n`;
 - math: the solution followed by the template's `The final answer is $\\boxed{...}$.` (last \\boxed{});
 - code: the code wrapped in one ```python block.
@@ -60,7 +60,7 @@ def code_fields(row: dict) -> dict[str, str] | None:
     return {"code": code} if code else None
 
 
-# task name -> row -> the response template's fields. Tasks not listed use task.human.completion as is.
+# task name -> row -> {reasoning (optional), answer (or code)}. Tasks not listed use task.human.completion as is.
 CONVERTERS: dict[str, Callable[[dict], dict[str, str] | None]] = {
     "gsm8k": gsm8k_fields,
     "math": math_fields,
@@ -74,7 +74,7 @@ def convert(task: TaskSpec, row: dict) -> str | None:
     to_fields = CONVERTERS.get(task.name)
     if to_fields is not None:
         fields = to_fields(row)
-        text = fill(task.response.template, fields) if fields is not None else None
+        text = task.render_answer(fields.get("reasoning"), fields[task.answer_key]) if fields is not None else None
     else:
         text = fill(str(human.get("completion", "")), {k: str(v) for k, v in row.items()})
     text = text.strip() if text else None

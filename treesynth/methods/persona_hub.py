@@ -27,15 +27,16 @@ from treesynth.llm import ChatRequest, derive_seed
 from treesynth.methods.base import MethodEnv
 from treesynth.methods.temperature import CallStream, templated_sample_request
 from treesynth.prompts import render
+from treesynth.tasks import TaskSpec
 
 PERSONA_HUB = Source("persona_hub", None, {"path": "proj-persona/PersonaHub", "name": "persona", "split": "train"})
-PERSONA_SCHEMA = {
-    "title": "persona",
-    "type": "object",
-    "properties": {"persona": {"type": "string", "pattern": "^[A-Za-z0-9 ,.()'-]{15,120}$"}},
-    "required": ["persona"],
-    "additionalProperties": False,
-}
+PERSONA_TOKENS = 200  # one sentence; a grammar-constrained model stops at its schema's bound anyway
+
+
+def persona_schema(task: TaskSpec) -> dict:
+    """One persona sentence, bounded like the generator profile's text fields."""
+    return {"title": "persona", "type": "object", "properties": {"persona": task.profile.text_schema("text")},
+            "required": ["persona"], "additionalProperties": False}
 
 
 def read_persona_file(path: Path) -> list[str]:
@@ -111,7 +112,8 @@ class PersonaHub(CallStream):
 
         async def one(i: int) -> str | None:
             req = ChatRequest.user(render("persona_from_text", text=texts[i % len(texts)]), temperature=1.0,
-                                   max_tokens=80, seed=derive_seed(self.env.seed, "persona", i), json_schema=PERSONA_SCHEMA)
+                                   max_tokens=PERSONA_TOKENS, seed=derive_seed(self.env.seed, "persona", i),
+                                   json_schema=persona_schema(task))
             c = await self.env.llm.complete(req)
             return str(c.data["persona"]).strip() if c.ok and isinstance(c.data, dict) else None
 
@@ -124,7 +126,7 @@ class PersonaHub(CallStream):
         if persona:
             req = templated_sample_request(self.env.task, "persona_generate", self.k, seed=seed,
                                            temperature=self.temperature, persona=persona)
-            row["samples"] = self.env.task.parse_samples(await self.env.llm.complete(req))
+            row["samples"] = self.env.task.parse_samples(await self.env.llm.complete(req), self.k)
         return row
 
     async def ensure(self, n: int) -> None:

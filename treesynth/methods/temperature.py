@@ -23,8 +23,9 @@ from treesynth.tasks import TaskSpec
 
 def templated_sample_request(task: TaskSpec, template: str, k: int, *, seed: int, temperature: float,
                              **values: str) -> ChatRequest:
-    """A k-sample generation request from one of this package's prompt templates (persona, evolution),
-    with the task's sample schema, so its answers parse with `task.parse_samples` like TreeSynth's."""
+    """A k-sample generation request from one of this package's prompt templates (persona, evolution:
+    the baselines' own prompts), with the task's sample schema, so its answers parse with
+    `task.parse_samples` like TreeSynth's."""
     prompt = render(template, description=task.description, sample=task.sample, k=str(k),
                     fields="\n".join(f"- {f.name}: {f.description}" for f in task.fields), **values)
     return ChatRequest.user(prompt, temperature=temperature, max_tokens=task.sample_max_tokens(k), seed=seed,
@@ -100,4 +101,4 @@ class Temperature(CallStream):
         seed = self.seed_of(c)
         completion = await self.env.llm.complete(self.sample_request([], seed))
         return {"call": c, "seed": seed, "temperature": self.temperature,
-                "samples": self.env.task.parse_samples(completion)}
+                "samples": self.env.task.parse_samples(completion, self.k)}

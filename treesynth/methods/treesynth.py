@@ -121,7 +121,7 @@ class TreeSynth(Method):
             "seed": seed,
             "draws": [{"node": k, **v} for k, v in draws.items()],
             "attributes": [{"dimension": d, "value": v} for d, v in attrs],
-            "samples": self.env.task.parse_samples(c),
+            "samples": self.env.task.parse_samples(c, self.t.samples_per_call),
         }
 
     def leaf_record(self, tree: Tree, leaf: Node, slot: int, sample: dict, call: dict) -> PromptRecord:
@@ -165,4 +165,5 @@ class TreeSynth(Method):
             "tree_depth": max(n.depth for n in tree.nodes.values()),
             "leaves_with_records": sum(1 for n in leaves if n.records),
             "leaf_reasons": dict(reasons),
+            "criterion_fallbacks": sum(n.criterion_fallbacks for n in tree.nodes.values()),
         }

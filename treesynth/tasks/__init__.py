@@ -1,26 +1,27 @@
 """Task specs: what the data space is, what one sample looks like, how a record's prompt and completion
 are built, and which answer format the completion must end in (the one the evaluation extracts).
 
-A task is ONE YAML file in conf/task/ (selected with `task=<name>`); no code change is needed to add
-a free-text task. `load_task(cfg.task)` turns it into a `TaskSpec`; every method and the teacher step
-read the task only through this class.
+A task is ONE YAML file in conf/task/ (selected with `task=<name>`; docs/ARCHITECTURE.md lists every
+key): no code change is needed to add one. The YAML says only what the task is; how its fields are
+bounded and how the teacher answers come from the generator's and the teacher's capability profiles
+(conf/profiles.yaml, treesynth/profiles.py). `task_of(cfg)` builds the `TaskSpec` every method and the
+teacher step read.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from treesynth.errors import TreesynthError
 from treesynth.llm.base import ChatRequest, Completion
+from treesynth.profiles import Profile, profile_for
 from treesynth.prompts import fill, render
 
-# Bounded ASCII text without quotes/backslashes: a weak model under grammar-constrained decoding
-# finishes it (DESIGN.md "Embedded default model"); strong models are not hurt by it.
-DEFAULT_TEXT_PATTERN = "^[A-Za-z0-9 ,.?!$%()'+*/=:;<>_-]{10,120}$"
+ANSWER_KINDS = ("number", "expression", "code", "choice")
 
 
 @dataclass(frozen=True)
@@ -29,27 +30,26 @@ class SampleField:
 
     name: str
     description: str
-    schema: dict  # JSON schema of the value (string with a bounded pattern, or an enum)
+    schema: dict  # JSON schema of the value: the profile's string bounds for its size, or an enum
     required: bool = True  # optional fields may be empty strings
 
 
 @dataclass(frozen=True)
-class ResponseSpec:
-    """How the teacher writes a completion.
+class AnswerSpec:
+    """How a completion ends: `format` is the regex it must end in (what the evaluation extracts; a named
+    group `answer` marks the answer itself), `template` writes a final answer in that format, `kind`
+    chooses the bounded schema a constrained teacher fills. `from_sample` pins the answer to a sample
+    field (SimpleToM: the generated key), checked in both profiles."""
 
-    mode `structured`: the teacher fills a JSON object with `fields` (bounded schemas) and the completion
-    is `template` with `{field}` replaced, so it ends in the answer format by construction (what a weak
-    model needs). mode `free`: the teacher writes the completion as text and it must match
-    `answer_format` (strong models). A field with `from_sample: <sample field>` is pinned to that
-    sample value (SimpleToM: the answer letter is the sample's key).
-    """
+    format: str
+    template: str
+    kind: str
+    choices: tuple[str, ...] = ()
+    from_sample: str | None = None
 
-    mode: str = "structured"
-    fields: dict[str, dict] = field(default_factory=dict)
-    template: str = ""
-    temperature: float = 0.7
-    max_tokens: int = 384
-    retries: int = 3  # re-samples of a completion that does not end in the answer format
+    def instruction(self) -> str:
+        """The final line shown to a free-text teacher, e.g. `#### <answer>`."""
+        return fill(self.template, {"answer": "<answer>"})
 
 
 @dataclass(frozen=True)
@@ -60,33 +60,44 @@ class TaskSpec:
     fields: tuple[SampleField, ...]
     prompt: tuple[str, ...]  # parts of the record prompt; a part is dropped if a field in it is empty
     solution: str  # instructions for the teacher ({prompt} is the record prompt)
-    answer_format: str  # regex the completion must end in
-    response: ResponseSpec
+    answer: AnswerSpec
     benchmarks: tuple[str, ...]
+    profile: Profile  # the generator's
+    teacher_profile: Profile
+    role: str = ""  # the role line that opens generation prompts ("You are a math teacher ...")
+    criteria: tuple[str, ...] = ()  # what every sample must satisfy (the authors' numbered lists)
     first_level: dict | None = None  # {dimension: str, values: [str, ...]}: a fixed first split
     human: dict | None = None  # where the real training set is (read by the `human` method)
     extra: dict = field(default_factory=dict)  # any other keys of the YAML, untouched
 
+    @property
+    def answer_format(self) -> str:
+        return self.answer.format
+
     # ---- samples (generator side) -------------------------------------------------------------
     def sample_schema(self, k: int) -> dict:
-        """Schema of one generation call that returns exactly k samples."""
+        """Schema of one generation call that asks for k samples. It accepts 1 to 2k items (a model may
+        miscount): extra items are dropped by `parse_samples`, missing ones refilled by the stage."""
         item = {
             "type": "object",
             "properties": {f.name: f.schema for f in self.fields},
             "required": [f.name for f in self.fields],
             "additionalProperties": False,
         }
+        lo, hi = 1, (k if k == 1 else 2 * k)
         return {
             "title": "samples",
             "type": "object",
-            "properties": {"samples": {"type": "array", "items": item, "minItems": k, "maxItems": k}},
+            "properties": {"samples": {"type": "array", "items": item, "minItems": lo, "maxItems": hi}},
             "required": ["samples"],
             "additionalProperties": False,
         }
 
     def sample_max_tokens(self, k: int) -> int:
-        """Enough tokens for k samples at their schema's maximum length (about 3 characters a token),
-        so a bounded-schema answer is never cut off."""
+        """Tokens for k samples: the profile's per-sample budget, or (bounded fields) enough for every
+        field at its maximum length (about 3 characters a token), so a bounded answer is never cut off."""
+        if self.profile.sample_tokens:
+            return k * self.profile.sample_tokens + 16
         per = 0
         for f in self.fields:
             m = re.search(r"\{\d*,(\d+)\}\$?$", f.schema.get("pattern", ""))
@@ -94,24 +105,32 @@ class TaskSpec:
             per += chars // 3 + 8  # + key, quotes, separators
         return k * per + 8
 
+    def generation_prompt(self, attributes: list[tuple[str, str]], k: int) -> str:
+        """The one base prompt of every generating method: TreeSynth adds its path's attributes; temperature
+        sampling is the same prompt without them (as in the paper)."""
+        criteria = self.criteria if self.profile.prompt_criteria else ()
+        return render(
+            "generate",
+            role=f"{self.role}\n\n" if self.role and self.profile.prompt_criteria else "",
+            description=self.description,
+            sample=self.sample,
+            k=str(k),
+            criteria=("Requirements:\n" + "\n".join(f"{i}. {c}" for i, c in enumerate(criteria, 1)) + "\n\n")
+            if criteria else "",
+            attributes=("Every sample must have ALL of these attributes:\n" + format_attributes(attributes) + "\n\n")
+            if attributes else "",
+            fields="\n".join(f"- {f.name}: {f.description}" for f in self.fields),
+        )
+
     def sample_request(
         self, attributes: list[tuple[str, str]], k: int, *, seed: int, temperature: float, max_tokens: int
     ) -> ChatRequest:
         """The request that asks for k samples inside the subspace given by (dimension, value) pairs."""
-        prompt = render(
-            "generate",
-            description=self.description,
-            sample=self.sample,
-            attributes=format_attributes(attributes),
-            k=str(k),
-            fields="\n".join(f"- {f.name}: {f.description}" for f in self.fields),
-        )
-        return ChatRequest.user(
-            prompt, temperature=temperature, max_tokens=max_tokens, seed=seed, json_schema=self.sample_schema(k)
-        )
+        return ChatRequest.user(self.generation_prompt(attributes, k), temperature=temperature,
+                                max_tokens=max_tokens, seed=seed, json_schema=self.sample_schema(k))
 
-    def parse_samples(self, c: Completion) -> list[dict[str, str]]:
-        """Valid samples of one generation call (invalid or empty ones dropped)."""
+    def parse_samples(self, c: Completion, k: int | None = None) -> list[dict[str, str]]:
+        """Valid samples of one generation call (invalid or empty ones dropped; at most k kept)."""
         if not c.ok or not isinstance(c.data, dict):
             return []
         out = []
@@ -119,9 +138,12 @@ class TaskSpec:
             if not isinstance(s, dict):
                 continue
             s = {f.name: str(s.get(f.name, "")).strip() for f in self.fields}
-            if all(s[f.name] for f in self.fields if f.required):
+            if all(s[f.name] for f in self.fields if f.required) and self._choices_ok(s):
                 out.append(s)
-        return out
+        return out if k is None else out[:k]
+
+    def _choices_ok(self, s: dict[str, str]) -> bool:
+        return all(s[f.name] in f.schema["enum"] for f in self.fields if "enum" in f.schema and s[f.name])
 
     def build_prompt(self, sample: dict[str, str]) -> str:
         """The record's `prompt`: the prompt parts whose fields are all non-empty, joined by blank lines."""
@@ -133,50 +155,75 @@ class TaskSpec:
         return "\n\n".join(parts)
 
     # ---- completions (teacher side) ------------------------------------------------------------
+    @property
+    def structured(self) -> bool:
+        return self.teacher_profile.response_mode == "structured"
+
+    @property
+    def answer_key(self) -> str:
+        """The structured teacher's answer field: `code` for code (a small model writes code under that
+        name more readily), else `answer`."""
+        return "code" if self.answer.kind == "code" else "answer"
+
+    def render_answer(self, reasoning: str | None, answer: str) -> str:
+        """A completion from its parts: reasoning, then the answer written with the task's template."""
+        final = fill(self.answer.template, {"answer": answer.strip()})
+        return f"{reasoning.strip()}\n{final}" if reasoning else final
+
     def response_schema(self, sample: dict[str, str]) -> dict:
-        props = {}
-        for name, spec in self.response.fields.items():
-            spec = dict(spec)
-            pinned = spec.pop("from_sample", None)
-            props[name] = {"enum": [sample[pinned]]} if pinned else spec
-        return {
-            "title": "response",
-            "type": "object",
-            "properties": props,
-            "required": list(props),
-            "additionalProperties": False,
-        }
+        """Structured (constrained) teacher: bounded reasoning, then the answer by its kind."""
+        p, a = self.teacher_profile, self.answer
+        if a.from_sample:
+            answer = {"enum": [sample[a.from_sample]]} if sample.get(a.from_sample) else {"enum": list(a.choices)}
+        elif a.kind == "choice" or p.answers.get(a.kind) is None:
+            answer = {"enum": list(a.choices)}
+        else:
+            answer = dict(p.answers[a.kind])
+        props = {} if a.kind == "code" else {"reasoning": p.string_schema(*p.reasoning_chars, charset=p.charset)}
+        props[self.answer_key] = answer
+        return {"title": "response", "type": "object", "properties": props, "required": list(props),
+                "additionalProperties": False}
 
     def response_request(self, prompt: str, sample: dict[str, str], *, seed: int) -> ChatRequest:
-        structured = self.response.mode == "structured"
+        p = self.teacher_profile
         text = render(
-            "respond",
+            "respond_structured" if self.structured else "respond_free",
             solution=fill(self.solution, {"prompt": prompt}),
-            fields="\n".join(f"- {n}" for n in self.response.fields) if structured else "",
+            fields="\n".join(f"- {n}" for n in self.response_schema(sample)["properties"]) if self.structured else "",
+            final=self.answer.instruction(),
         )
         return ChatRequest.user(
-            text,
-            temperature=self.response.temperature,
-            max_tokens=self.response.max_tokens,
-            seed=seed,
-            json_schema=self.response_schema(sample) if structured else None,
+            text, temperature=p.response_temperature, max_tokens=p.response_max_tokens, seed=seed,
+            json_schema=self.response_schema(sample) if self.structured else None,
         )
 
-    def completion_from(self, c: Completion) -> str | None:
-        """The completion text if it ends in the answer format, else None (the caller re-samples)."""
+    def completion_from(self, c: Completion, sample: dict[str, str] | None = None) -> str | None:
+        """The completion text if it ends in the answer format (and, with `from_sample`, gives the sample's
+        answer), else None (the caller re-samples)."""
         if not c.ok:
             return None
-        if self.response.mode == "structured":
-            if not isinstance(c.data, dict):
+        if self.structured:
+            if not isinstance(c.data, dict) or self.answer_key not in c.data:
                 return None
-            text = fill(self.response.template, {k: str(v).strip() for k, v in c.data.items()})
+            text = self.render_answer(c.data.get("reasoning"), str(c.data[self.answer_key]))
         else:
-            text = c.text
-        text = text.strip()
-        return text if self.ends_in_answer_format(text) else None
+            text = c.text.strip()
+        if not self.ends_in_answer_format(text):
+            return None
+        pinned = self.answer.from_sample
+        if pinned and sample and sample.get(pinned) and self.final_answer(text) != sample[pinned]:
+            return None
+        return text
+
+    def final_answer(self, text: str) -> str | None:
+        """The `answer` group of the answer format at the end of text (the whole match without one)."""
+        m = re.search(f"(?:{self.answer.format})\\s*\\Z", text, re.S)
+        if m is None:
+            return None
+        return m.groupdict().get("answer", m.group(0)) if "answer" in m.re.groupindex else m.group(0)
 
     def ends_in_answer_format(self, text: str) -> bool:
-        return re.search(f"(?:{self.answer_format})\\s*\\Z", text, re.S) is not None
+        return re.search(f"(?:{self.answer.format})\\s*\\Z", text, re.S) is not None
 
 
 def format_attributes(attributes: list[tuple[str, str]]) -> str:
@@ -185,54 +232,73 @@ def format_attributes(attributes: list[tuple[str, str]]) -> str:
     return "\n".join(f"- {d}: {v}" for d, v in attributes)
 
 
-REQUIRED = ("name", "description", "sample", "fields", "prompt", "solution", "answer_format", "benchmarks")
+REQUIRED = ("name", "description", "sample", "fields", "prompt", "solution", "answer", "benchmarks")
+KNOWN = {*REQUIRED, "role", "criteria", "first_level", "human"}
 
 
-def load_task(cfg: DictConfig | dict) -> TaskSpec:
-    """Validate a task config (conf/task/<name>.yaml) into a TaskSpec; bad input -> one-line error."""
+def _fields(name: str, d: dict, profile: Profile) -> list[SampleField]:
+    out = []
+    for fname, f in d["fields"].items():
+        f = f if isinstance(f, dict) else {"description": str(f)}
+        required = bool(f.get("required", True))
+        if f.get("choices"):
+            schema = {"enum": [str(c) for c in f["choices"]]}
+        else:
+            size = str(f.get("size", "text")) if required else "optional"
+            schema = profile.text_schema(size)
+        out.append(SampleField(fname, str(f.get("description", fname)), schema, required))
+    return out
+
+
+def _answer(name: str, a: Any, sample_names: set[str]) -> AnswerSpec:
+    if not isinstance(a, dict) or not a.get("format") or not a.get("template"):
+        raise TreesynthError(f"task {name!r}: answer needs format (a regex) and template (e.g. '#### {{answer}}')")
+    try:
+        compiled = re.compile(a["format"])
+    except re.error as e:
+        raise TreesynthError(f"task {name!r}: answer.format is not a valid regex ({e})") from None
+    kind = a.get("kind", "expression")
+    if kind not in ANSWER_KINDS:
+        raise TreesynthError(f"task {name!r}: answer.kind must be one of {ANSWER_KINDS}, got {kind!r}")
+    if "{answer}" not in a["template"]:
+        raise TreesynthError(f"task {name!r}: answer.template must contain {{answer}}")
+    pinned = a.get("from_sample")
+    if pinned and pinned not in sample_names:
+        raise TreesynthError(f"task {name!r}: answer.from_sample={pinned!r} is not a sample field")
+    if pinned and "answer" not in compiled.groupindex:
+        raise TreesynthError(f"task {name!r}: answer.from_sample needs a named group (?P<answer>...) in answer.format")
+    choices = tuple(str(c) for c in a.get("choices") or ())
+    if kind == "choice" and not choices and not pinned:
+        raise TreesynthError(f"task {name!r}: answer.kind=choice needs answer.choices or answer.from_sample")
+    return AnswerSpec(a["format"], a["template"], kind, choices, pinned)
+
+
+def load_task(cfg: DictConfig | dict, profile: Profile, teacher_profile: Profile | None = None) -> TaskSpec:
+    """Validate a task config (conf/task/<name>.yaml) into a TaskSpec under the generator's (and the
+    teacher's) profile; bad input -> one-line error."""
     d: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     name = d.get("name", "?")
     # benchmarks may be [] (a task nobody evaluates yet); everything else must be non-empty
     missing = [k for k in REQUIRED if d.get(k) is None or (k != "benchmarks" and not d.get(k))]
     if missing:
         raise TreesynthError(f"task {name!r}: missing {missing} in conf/task/{name}.yaml")
-    fields = []
-    for fname, f in d["fields"].items():
-        f = f if isinstance(f, dict) else {"description": str(f)}
-        schema = f.get("schema") or {"type": "string", "pattern": f.get("pattern", DEFAULT_TEXT_PATTERN)}
-        fields.append(SampleField(fname, f.get("description", fname), schema, bool(f.get("required", True))))
+    fields = _fields(name, d, profile)
+    sample_names = {f.name for f in fields}
     prompt = tuple([d["prompt"]] if isinstance(d["prompt"], str) else d["prompt"])
     for part in prompt:
-        unknown = set(re.findall(r"\{(\w+)\}", part)) - {f.name for f in fields}
+        unknown = set(re.findall(r"\{(\w+)\}", part)) - sample_names
         if unknown:
             raise TreesynthError(f"task {name!r}: prompt uses {sorted(unknown)}, which are not in fields")
-    try:
-        re.compile(d["answer_format"])
-    except re.error as e:
-        raise TreesynthError(f"task {name!r}: answer_format is not a valid regex ({e})") from None
-    r = d.get("response") or {}
-    response = ResponseSpec(
-        mode=r.get("mode", "structured"),
-        fields=r.get("fields") or {},
-        template=r.get("template", ""),
-        temperature=float(r.get("temperature", 0.7)),
-        max_tokens=int(r.get("max_tokens", 384)),
-        retries=int(r.get("retries", 3)),
-    )
-    if response.mode not in ("structured", "free"):
-        raise TreesynthError(f"task {name!r}: response.mode must be structured or free, not {response.mode!r}")
-    if response.mode == "structured":
-        if not response.fields or not response.template:
-            raise TreesynthError(f"task {name!r}: structured response needs response.fields and response.template")
-        sample_names = {f.name for f in fields}
-        for rname, spec in response.fields.items():
-            pinned = spec.get("from_sample")
-            if pinned and pinned not in sample_names:
-                raise TreesynthError(f"task {name!r}: response.fields.{rname}.from_sample={pinned!r} is not a sample field")
+    answer = _answer(name, d["answer"], sample_names)
+    if answer.from_sample and not answer.choices:  # the pinned field's own choices (SimpleToM: A, B)
+        pinned = next(f for f in fields if f.name == answer.from_sample)
+        answer = replace(answer, choices=tuple(pinned.schema.get("enum", ())))
     first = d.get("first_level")
     if first is not None and (not first.get("dimension") or len(first.get("values") or []) < 2):
         raise TreesynthError(f"task {name!r}: first_level needs a dimension and at least 2 values")
-    known = set(REQUIRED) | {"response", "first_level", "human"}
+    criteria = d.get("criteria") or []
+    if not isinstance(criteria, list):
+        raise TreesynthError(f"task {name!r}: criteria must be a list of strings")
     return TaskSpec(
         name=name,
         description=d["description"].strip(),
@@ -240,10 +306,19 @@ def load_task(cfg: DictConfig | dict) -> TaskSpec:
         fields=tuple(fields),
         prompt=prompt,
         solution=d["solution"].strip(),
-        answer_format=d["answer_format"],
-        response=response,
+        answer=answer,
         benchmarks=tuple(d["benchmarks"]),
+        profile=profile,
+        teacher_profile=teacher_profile or profile,
+        role=str(d.get("role") or "").strip(),
+        criteria=tuple(str(c).strip() for c in criteria),
         first_level=first,
         human=d.get("human"),
-        extra={k: v for k, v in d.items() if k not in known},
+        extra={k: v for k, v in d.items() if k not in KNOWN},
     )
+
+
+def task_of(cfg: DictConfig) -> TaskSpec:
+    """The run's task under its generator's profile and its teacher's (cfg.teacher; null = the generator)."""
+    teacher = cfg.get("teacher")
+    return load_task(cfg.task, profile_for(cfg), profile_for(cfg, teacher) if teacher is not None else None)

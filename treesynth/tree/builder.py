@@ -1,15 +1,17 @@
 """Space partitioning (TreeSynth stage 1): pivots -> criterion -> coverage -> children, recursively.
 
-Criterion determination has two forms (method.criterion_mode):
-- `stepwise` (default; works on the embedded 135M model): (a) propose a dimension and 2-4 values under a
+Criterion determination has two forms (method.criterion_mode, defaulting to the generator's profile):
+- `stepwise` (the constrained profile; works on the embedded 135M model): (a) propose a dimension and 2-4 values under a
   bounded schema, (b) assign each pivot to one value with an enum schema, so every pivot lands in
   exactly one value by construction. Placeholder, "other", combined and near-duplicate values are
   dropped or merged; an attempt with fewer than 2 values left, or a dimension an ancestor already
   used, is re-sampled with a new seed.
-- `one_call` (the paper's form, for strong models): one call returns the dimension and a map from
+- `one_call` (the paper's form; the open profile): one call returns the dimension and a map from
   values to pivot indices; it is validated (indices in range, every pivot exactly once, disjoint values,
-  no "other"/combined values, dimension unused).
-A node whose criterion fails `criterion_retries` times becomes a leaf and records why.
+  no "other"/combined values, dimension unused). A node whose one-call attempts all fail tries the
+  stepwise form before giving up.
+A node whose criterion fails `criterion_retries` times (per form) becomes a leaf and records why.
+Dimension and value names are bounded by the generator's profile (short ASCII when constrained).
 
 Scheduling: every node expands as soon as its parent is done (no level barrier); the LLM layer bounds
 and batches concurrency. Each finished node is appended to an event log (`tree_events.jsonl`); a rerun
@@ -37,10 +39,6 @@ from treesynth.tasks import TaskSpec, format_attributes
 from treesynth.tree.node import EXPANDED, LEAF, PENDING, Node, Tree
 
 log = logging.getLogger("treesynth")
-
-# Bounded value/dimension strings: short, ASCII, no quotes (DESIGN.md: weak models finish these).
-VALUE_PATTERN = "^[A-Za-z0-9 ,._()-]{3,40}$"
-
 
 @dataclass
 class TreeConfig:
@@ -201,17 +199,14 @@ def validate_one_call(data: Any, n_pivots: int, used: list[str]) -> tuple[str, d
 
 # ---- schemas ------------------------------------------------------------------------------------
 
-def _str(pattern: str = VALUE_PATTERN) -> dict:
-    return {"type": "string", "pattern": pattern}
-
-
-def propose_schema(max_values: int) -> dict:
+def propose_schema(max_values: int, value: dict) -> dict:
+    """`value`: the schema of one dimension or value name (the generator profile's `value_schema()`)."""
     return {
         "title": "propose",
         "type": "object",
         "properties": {
-            "dimension": _str(),
-            "values": {"type": "array", "items": _str(), "minItems": 2, "maxItems": max(2, max_values)},
+            "dimension": value,
+            "values": {"type": "array", "items": value, "minItems": 2, "maxItems": max(2, max_values)},
         },
         "required": ["dimension", "values"],
         "additionalProperties": False,
@@ -228,11 +223,11 @@ def assign_schema(values: list[str]) -> dict:
     }
 
 
-def one_call_schema(n_pivots: int, max_values: int) -> dict:
+def one_call_schema(n_pivots: int, max_values: int, value: dict) -> dict:
     item = {
         "type": "object",
         "properties": {
-            "value": _str(),
+            "value": value,
             "samples": {"type": "array", "items": {"enum": list(range(1, n_pivots + 1))}, "minItems": 1, "maxItems": n_pivots},
         },
         "required": ["value", "samples"],
@@ -242,7 +237,7 @@ def one_call_schema(n_pivots: int, max_values: int) -> dict:
         "title": "criterion",
         "type": "object",
         "properties": {
-            "dimension": _str(),
+            "dimension": value,
             "attributes": {"type": "array", "items": item, "minItems": 2, "maxItems": max(2, min(max_values, n_pivots))},
         },
         "required": ["dimension", "attributes"],
@@ -250,13 +245,13 @@ def one_call_schema(n_pivots: int, max_values: int) -> dict:
     }
 
 
-def coverage_schema(max_new: int) -> dict:
+def coverage_schema(max_new: int, value: dict) -> dict:
     return {
         "title": "coverage",
         "type": "object",
         "properties": {
             "complete": {"type": "boolean"},
-            "new_values": {"type": "array", "items": _str(), "minItems": 0, "maxItems": max(1, max_new)},
+            "new_values": {"type": "array", "items": value, "minItems": 0, "maxItems": max(1, max_new)},
         },
         "required": ["complete", "new_values"],
         "additionalProperties": False,
@@ -347,17 +342,21 @@ class TreeBuilder:
         used = self.tree.used_dimensions(node.id)
         errors: list[str] = []
         crit = None
-        for attempt in range(self.t.criterion_retries):
-            try:
-                if self.t.criterion_mode == "stepwise":
-                    crit = await self._criterion_stepwise(node, used, attempt)
-                else:
-                    crit = await self._criterion_one_call(node, used, attempt)
+        # one_call first when configured (the paper's form), then the stepwise form as the fallback.
+        forms = [self._criterion_one_call, self._criterion_stepwise] if self.t.criterion_mode == "one_call" \
+            else [self._criterion_stepwise]
+        for form in forms:
+            for attempt in range(self.t.criterion_retries):
+                try:
+                    crit = await form(node, used, attempt)
+                    break
+                except CriterionError as e:
+                    errors.append(str(e))
+            if crit is not None:
                 break
-            except CriterionError as e:
-                errors.append(str(e))
+            node.criterion_fallbacks += 1
         if crit is None:
-            return self._leaf(node, f"criterion failed after {self.t.criterion_retries} tries: {errors[-1]}")
+            return self._leaf(node, f"criterion failed after {len(errors)} tries: {errors[-1]}")
         node.child_dimension, node.assignment = crit
         values = list(node.assignment)
         for rnd in range(self.t.coverage_rounds):
@@ -406,7 +405,7 @@ class TreeBuilder:
                 )
             )
         out = []
-        for c in await self._generate(node, reqs):
+        for c in await self._generate(node, reqs):  # a call's extra samples make up for another's shortfall
             out += [self.task.build_prompt(s) for s in self.task.parse_samples(c)]
         return out[: self.t.pivots]
 
@@ -420,7 +419,7 @@ class TreeBuilder:
         )
         req = ChatRequest.user(
             prompt, temperature=self.t.temperatures["criterion"], max_tokens=self.t.max_tokens["criterion"],
-            seed=self._seed(node, "propose", attempt), json_schema=propose_schema(self.t.proposal_values),
+            seed=self._seed(node, "propose", attempt), json_schema=propose_schema(self.t.proposal_values, self.task.profile.value_schema()),
         )
         (c,) = await self._generate(node, [req])
         if not c.ok or not isinstance(c.data, dict):
@@ -455,7 +454,7 @@ class TreeBuilder:
         )
         req = ChatRequest.user(
             prompt, temperature=self.t.temperatures["criterion"], max_tokens=self.t.max_tokens["one_call"],
-            seed=self._seed(node, "criterion", attempt), json_schema=one_call_schema(n, self.t.max_values),
+            seed=self._seed(node, "criterion", attempt), json_schema=one_call_schema(n, self.t.max_values, self.task.profile.value_schema()),
         )
         (c,) = await self._generate(node, [req])
         if not c.ok:
@@ -469,7 +468,7 @@ class TreeBuilder:
         )
         req = ChatRequest.user(
             prompt, temperature=self.t.temperatures["coverage"], max_tokens=self.t.max_tokens["coverage"],
-            seed=self._seed(node, "coverage", rnd), json_schema=coverage_schema(self.t.coverage_new_values),
+            seed=self._seed(node, "coverage", rnd), json_schema=coverage_schema(self.t.coverage_new_values, self.task.profile.value_schema()),
         )
         (c,) = await self._generate(node, [req])
         if not c.ok or not isinstance(c.data, dict):
@@ -507,13 +506,13 @@ def plan(tcfg: TreeConfig, task: TaskSpec, size: int) -> dict[str, Any]:
     leaves = min(leaves, tcfg.max_nodes)
     calls = min(calls, tcfg.max_calls)
     leaf_calls = math.ceil(size / tcfg.samples_per_call) + min(leaves, size)  # at least one call per leaf used
-    teacher_calls = size * (1 + task.response.retries)
+    teacher_calls = size * (1 + task.teacher_profile.response_retries)
     return {
         "tree": {"expanded_nodes_max": expanded, "leaves_max": leaves, "calls_max": calls,
                  "completion_tokens_max": tokens, "calls_per_node": node_calls},
         "leaf_calls": leaf_calls,
         "leaf_completion_tokens_max": leaf_calls * call_tokens,
         "teacher_calls": {"expected": size, "max": teacher_calls},
-        "teacher_completion_tokens_max": teacher_calls * task.response.max_tokens,
+        "teacher_completion_tokens_max": teacher_calls * task.teacher_profile.response_max_tokens,
         "total_calls_max": calls + leaf_calls + teacher_calls,
     }

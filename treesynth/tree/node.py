@@ -29,6 +29,7 @@ class Node:
     pivots: list[str] = field(default_factory=list)
     assignment: dict[str, list[int]] = field(default_factory=dict)  # value -> 1-based pivot indices
     coverage_added: list[str] = field(default_factory=list)
+    criterion_fallbacks: int = 0  # criterion forms that failed on this node before one worked (one_call -> stepwise)
     calls: int = 0  # LLM requests this node's expansion made
     records: int = 0  # records under this node in the final dataset (filled at the end)
 
