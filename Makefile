@@ -27,9 +27,12 @@ $(STAMP): pyproject.toml Makefile
 # llama-cpp-python builds from source (~5 min on 2 idle cores, far longer on a busy one): build the wheel once into a cache outside
 # the repo, then every fresh venv installs it in seconds. Server extras are pinned.
 LLAMA_VER := 0.3.36
-WHEELS := $(HOME)/.cache/treesynth/wheels
-LLAMA_STAMP := $(VENV)/.llama-$(LLAMA_VER)
-LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+# GGML_NATIVE=OFF: a portable AVX2 build. A native build (-march=native) on a VM whose CPUID advertises
+# AVX-512/AMX crashed with "Illegal instruction" on the first grammar-constrained request, and a cached
+# wheel may be installed on another machine than the one that built it.
+WHEELS := $(HOME)/.cache/treesynth/wheels-portable
+LLAMA_STAMP := $(VENV)/.llama-$(LLAMA_VER)-portable
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 LLAMA_SERVER_DEPS := fastapi==0.121.1 uvicorn==0.38.0 sse-starlette==3.0.3 starlette-context==0.3.6 pydantic-settings==2.12.0 diskcache==5.6.3 PyYAML==6.0.3
 
 install-llama: $(LLAMA_STAMP)
@@ -38,8 +41,8 @@ $(LLAMA_STAMP):
 	mkdir -p $(WHEELS)
 	ls $(WHEELS)/llama_cpp_python-$(LLAMA_VER)-*.whl >/dev/null 2>&1 || \
 	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 \
-	  $(BIN)/pip wheel --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMA_VER)
-	$(BIN)/pip install -q --no-deps $(WHEELS)/llama_cpp_python-$(LLAMA_VER)-*.whl
+	  $(BIN)/pip wheel --no-cache-dir --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMA_VER)
+	$(BIN)/pip install -q --force-reinstall --no-deps $(WHEELS)/llama_cpp_python-$(LLAMA_VER)-*.whl
 	$(BIN)/pip install -q $(LLAMA_SERVER_DEPS)
 	touch $(LLAMA_STAMP)
 

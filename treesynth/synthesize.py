@@ -33,7 +33,7 @@ from treesynth.methods.verify import verify_records
 from treesynth.pipeline import StageContext
 from treesynth.profiles import used_profiles
 from treesynth.respond import respond
-from treesynth.tasks import task_of
+from treesynth.tasks import TaskSpec, task_of
 
 log = logging.getLogger("treesynth")
 
@@ -69,6 +69,16 @@ def key_inputs(cfg: DictConfig) -> dict[str, Any]:
             files[name] = file_digest(str(value))
     return {"data": local_data_digest(folders, cfg.data.get("dir")), "method_files": files,
             "profiles": used_profiles(cfg)}
+
+
+def describe_profiles(task: TaskSpec) -> str:
+    """One line on what the profiles allow: what a user should know before a long run."""
+    p, t = task.profile, task.teacher_profile
+    lo, hi = p.chars["text"]
+    text = f"text {lo}-{hi} chars" + (f" of [{p.charset}]" if p.charset else ", any characters")
+    teacher = "free text" if t.response_mode == "free" else "bounded JSON fields"
+    return (f"profile {p.name}: {text}, {p.samples_per_call} sample(s) per call; teacher ({t.name}): {teacher}, "
+            f"up to {t.response_max_tokens} tokens")
 
 
 def request_cache_dir(cfg: DictConfig) -> Path:
@@ -107,6 +117,7 @@ async def synthesize(cfg: DictConfig, out: Path) -> dict[str, Any]:
     if cfg.method.get("plan_only", False):
         return _plan(cls, cfg, task, size, out)
 
+    log.info("[synthesize] %s", describe_profiles(task))
     cache_dir = request_cache_dir(cfg)
     llm = build_llm(cfg.llm, cache_dir)
     teacher = llm if cfg.get("teacher") is None else build_llm(cfg.teacher, cache_dir)

@@ -1,6 +1,6 @@
 """Answer extraction and scoring for our lm-eval tasks (referenced from the task YAMLs with !function).
 
-Each extractor accepts the format the synthesized training completions end in (see DESIGN.md):
+Each extractor accepts the format the synthesized training completions end in (see docs/ARCHITECTURE.md, "Capability profiles" and the task `answer` key):
 GSM8K `#### <number>`, MATH `\\boxed{...}`, code one ```python block, SimpleToM the option letter.
 Code is executed only through `evaluation.sandbox` (a subprocess), never in this process.
 """
