@@ -170,7 +170,7 @@ def run_stage(cfg: DictConfig, name: str, tracker: Any = None) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         resumed = any(p.name != "stage_config.json" for p in out.iterdir())
         log.info("[%s] %s (key %s) in %s", name, "resuming" if resumed else "running", key, out)
-        atomic_write_json(out / "stage_config.json", stage_config(cfg, stage))
+        atomic_write_json(out / "stage_config.json", scrub_secrets(stage_config(cfg, stage)))  # the key hashes the values
         ctx = StageContext(
             cfg=cfg,
             stage=name,
