@@ -204,3 +204,21 @@ def test_artifact_errors_are_warnings(make_cfg, tmp_path, no_key, monkeypatch, c
     tracker.log_stage("synthesize", {"records": 60}, syn)
     tracker.finish()
     assert "artifact storage is full" in caplog.text
+
+
+def test_large_model_folders_are_referenced_not_uploaded(make_cfg, tmp_path, no_key, monkeypatch):
+    """Full fine-tuned weights (over MAX_UPLOAD_BYTES) enter the model artifact as file:// references."""
+    from treesynth import tracking
+
+    monkeypatch.setattr(tracking, "MAX_UPLOAD_BYTES", 10)
+    train = tmp_path / "train" / "0123456789abcdef"
+    (train / "model").mkdir(parents=True)
+    (train / "model" / "model.safetensors").write_bytes(b"\1" * 100)
+    (train / "train.json").write_text("{}")
+    tracker = Tracker(make_cfg("wandb.mode=offline", f"wandb.dir={tmp_path}"), {})
+    art = tracker.artifact("train", train)
+    entries = {path: e for path, e in art.manifest.entries.items()}
+    assert set(entries) == {"model/model.safetensors", "train.json"}
+    assert entries["model/model.safetensors"].ref == (train / "model" / "model.safetensors").as_uri()
+    assert entries["train.json"].ref is None
+    tracker.finish()

@@ -38,6 +38,9 @@ ARTIFACTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "synthesize": ("dataset", ("data.jsonl", "tree.json", "tree.html")),
     "train": ("model", ("adapter", "model", "train.json")),
 }
+# Folders larger than this (full fine-tuned weights) enter a W&B artifact as file:// references: digests
+# and lineage without uploading the weights again; LoRA adapters are far smaller and are uploaded.
+MAX_UPLOAD_BYTES = 1 << 30
 # What a W&B artifact's metadata records about the run config, per artifact type (dotted config paths).
 ARTIFACT_CONFIG = {
     "dataset": ("task.name", "method.name", "llm.model", "teacher.model", "data.size", "seed"),
@@ -167,7 +170,7 @@ class Tracker:
 
     def artifact(self, stage: str, folder: Path, metrics: dict[str, Any] | None = None) -> Any:
         """A new wandb.Artifact of a stage's output folder (None when it holds none of the files).
-        Files are referenced in place (policy immutable): a finished artifact dir never changes."""
+        Files are read in place, not staged (policy immutable): a finished artifact dir never changes."""
         import wandb
 
         from treesynth.pipeline import STAGES, stage_key
@@ -186,6 +189,8 @@ class Tracker:
             path = folder / name
             if path.is_file():
                 art.add_file(str(path), name=name, policy="immutable")
+            elif path.is_dir() and _folder_bytes(path) > MAX_UPLOAD_BYTES:
+                art.add_reference(path.resolve().as_uri(), name=name)
             elif path.is_dir():
                 art.add_dir(str(path), name=name, policy="immutable")
             else:
@@ -227,6 +232,10 @@ class Tracker:
         if self.run is not None:
             self._safe(self.run.finish)
             self.run = None
+
+
+def _folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def artifact_name(stage: str, key: str) -> str:
