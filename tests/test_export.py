@@ -150,6 +150,11 @@ def test_bad_sources_and_targets_are_one_line_errors(run_dir, tmp_path, capsys):
     write_jsonl(unfinished / "data.jsonl", ROWS)
     with pytest.raises(TreesynthError, match="not a finished synthesize artifact"):
         load_source(unfinished)
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / "summary.json").write_text(json.dumps({"artifacts": {"synthesize": str(tmp_path / "gone")}}))
+    with pytest.raises(TreesynthError, match="is not here"):
+        load_source(moved)
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("mine")

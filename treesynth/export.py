@@ -110,6 +110,9 @@ def load_source(path: str | Path) -> Source:
         artifact = (summary.get("artifacts") or {}).get("synthesize")
         if not artifact:
             raise TreesynthError(f"export: the run {path} has no synthesize stage (see its summary.json)")
+        if not Path(artifact).is_dir():
+            raise TreesynthError(f"export: the run's synthesize artifact {artifact} (from {path / 'summary.json'}) "
+                                 f"is not here; pass the artifact folder where it is now")
         source = _artifact_source(Path(artifact))
         source.config = summary.get("config") or source.config
         source.diversity = (summary.get("stages") or {}).get("diversity") or source.diversity
@@ -117,8 +120,8 @@ def load_source(path: str | Path) -> Source:
         return source
     if (path / "data.jsonl").is_file() or (path / "stage.json").is_file():
         return _artifact_source(path)
-    raise TreesynthError(f"export: {path} is neither a run folder (summary.json) nor a synthesize artifact "
-                         f"(artifacts/synthesize/<key>/ with data.jsonl)")
+    raise TreesynthError(f"export: {path} is neither a run folder (summary.json; in a sweep, one job's folder "
+                         f"multirun/<sweep>/<n>) nor a synthesize artifact (artifacts/synthesize/<key>/)")
 
 
 def _artifact_source(artifact: Path) -> Source:

@@ -3,7 +3,8 @@
 Collects every `summary.json` under <dir> (a Hydra `outputs/` or `multirun/` tree) and writes, under
 `results/<NAME>/`:
   report.md            the tables in the paper's layout, the comparison with the paper, the figures
-  table.csv            the same table: one row per (generator, fine-tuned model, data size, method)
+  table.csv            the same table: one row per (generator, fine-tuned model, data size, method), with the
+                       row's datasets (synthesize artifact dirs) and their hub ids (exports.json)
   cells.csv            every cell in long form with its mean, standard deviation and number of runs
   paper_comparison.csv our cells next to the paper's (results/paper/*.csv)
   scaling_*.png        accuracy / diversity vs data size (log x), one line per method
