@@ -178,7 +178,8 @@ def test_offline_run_holds_dataset_and_model_artifacts_with_lineage(make_cfg, tm
         "adapter/adapter_config.json", "adapter/adapter_model.safetensors"}
     meta = json.loads(produced[("model", model)].metadata)
     assert meta["dataset_artifact"] == dataset and meta["metrics"]["final_loss"] == 0.5
-    assert used[("dataset", dataset)].digest == produced[("dataset", dataset)].digest
+    for kind in (("dataset", dataset), ("model", model)):  # what train / evaluate used is what was logged
+        assert used[kind].digest == produced[kind].digest and used[kind].metadata == produced[kind].metadata
 
     # A rerun reuses every stage: the same artifact names and contents (W&B dedups to one version).
     for run in (wb_dir / "wandb").glob("offline-run-*"):

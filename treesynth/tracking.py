@@ -140,9 +140,9 @@ class Tracker:
         payload.update(self._media(stage, stage_dir))
         self.log(payload)
         self._safe(self.run.summary.update, flat)
-        self._artifacts(stage, metrics, stage_dir)
+        self._artifacts(stage, stage_dir)
 
-    def _artifacts(self, stage: str, metrics: dict[str, Any], stage_dir: str | Path | None) -> None:
+    def _artifacts(self, stage: str, stage_dir: str | Path | None) -> None:
         """Declare the upstream stages' W&B artifacts as inputs of this run, and log this stage's own."""
         try:
             from treesynth.pipeline import STAGES
@@ -154,7 +154,7 @@ class Tracker:
                     if art is not None:
                         self._use(art)
             if stage in ARTIFACTS:
-                art = self.artifact(stage, Path(stage_dir or keyed_dir(self.cfg, stage)), metrics)
+                art = self.artifact(stage, Path(stage_dir or keyed_dir(self.cfg, stage)))
                 if art is not None:
                     self.run.log_artifact(art)
         except Exception as e:  # never fail a run for tracking
@@ -168,12 +168,13 @@ class Tracker:
         else:
             self.run.use_artifact(art)
 
-    def artifact(self, stage: str, folder: Path, metrics: dict[str, Any] | None = None) -> Any:
-        """A new wandb.Artifact of a stage's output folder (None when it holds none of the files).
-        Files are read in place, not staged (policy immutable): a finished artifact dir never changes."""
+    def artifact(self, stage: str, folder: Path) -> Any:
+        """A new wandb.Artifact of a stage's output folder (None when it holds none of the files); the
+        same metadata whether this run made it or uses it. Files are read in place, not staged (policy
+        immutable): a finished artifact dir never changes."""
         import wandb
 
-        from treesynth.pipeline import STAGES, stage_key
+        from treesynth.pipeline import DONE_FILE, STAGES, stage_key
 
         kind, names = ARTIFACTS[stage]
         meta: dict[str, Any] = {"stage": stage, "key": folder.name, "path": str(folder)}
@@ -181,8 +182,9 @@ class Tracker:
         for up in STAGES[stage].after:  # the metadata names the inputs too, readable without lineage
             if up in ARTIFACTS:
                 meta[f"{ARTIFACTS[up][0]}_artifact"] = artifact_name(up, stage_key(self.cfg, up))
-        if metrics:
-            meta["metrics"] = {k: v for k, v in _flatten(metrics).items() if _number(v) is not None}
+        done = folder / DONE_FILE
+        metrics = json.loads(done.read_text()).get("metrics") or {} if done.exists() else {}
+        meta["metrics"] = {k: v for k, v in _flatten(metrics).items() if _number(v) is not None}
         art = wandb.Artifact(artifact_name(stage, folder.name), type=kind, metadata=meta)
         added = False
         for name in names:
