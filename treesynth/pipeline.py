@@ -16,6 +16,7 @@ import importlib
 import json
 import logging
 import re
+import shlex
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -169,7 +170,7 @@ def run_stage(cfg: DictConfig, name: str, tracker: Any = None) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         resumed = any(p.name != "stage_config.json" for p in out.iterdir())
         log.info("[%s] %s (key %s) in %s", name, "resuming" if resumed else "running", key, out)
-        atomic_write_json(out / "stage_config.json", stage_config(cfg, stage))
+        atomic_write_json(out / "stage_config.json", scrub_secrets(stage_config(cfg, stage)))  # the key hashes the values
         ctx = StageContext(
             cfg=cfg,
             stage=name,
@@ -181,7 +182,11 @@ def run_stage(cfg: DictConfig, name: str, tracker: Any = None) -> dict:
         t0 = time.time()
         metrics = _entry(stage)(ctx) or {}
         metrics = {**metrics, "seconds": round(time.time() - t0, 2)}
-        atomic_write_json(done, {"stage": name, "key": key, "metrics": metrics, "finished": time.time()})
+        # upstream keys: what this artifact was made from (an export finds a dataset's diversity stage);
+        # command: the invocation that made it (dataset cards quote it)
+        atomic_write_json(done, {"stage": name, "key": key, "metrics": metrics, "finished": time.time(),
+                                 "upstream": {up: stage_key(cfg, up) for up in stage.after},
+                                 "command": invocation()})
         return metrics
 
 
@@ -208,6 +213,26 @@ def scrub_secrets(obj: Any) -> Any:
     return obj
 
 
+def _scrub_override(override: str) -> str:
+    key, eq, _ = override.partition("=")
+    return f"{key}=<redacted>" if eq and is_secret_key(key.lstrip("+~").rsplit(".", 1)[-1]) else override
+
+
+def invocation() -> dict[str, Any] | None:
+    """How this process was started, under Hydra: the job's overrides (a sweep job's own values), the
+    equivalent single-run command line and the launch directory; secret values redacted. None outside
+    Hydra (library use, tests)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        overrides = [_scrub_override(str(o)) for o in hc.overrides.task]
+        cwd = str(hc.runtime.cwd)
+    except Exception:  # not under Hydra
+        return None
+    return {"overrides": overrides, "command": shlex.join(["python", "run.py", *overrides]), "cwd": cwd}
+
+
 def run_pipeline(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Run the configured stages (and the upstream ones they need); write `summary.json` in run_dir."""
     from treesynth.tracking import Tracker
@@ -216,7 +241,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path) -> dict:
     order = _closure(list(cfg.stages))
     config = scrub_secrets(OmegaConf.to_container(cfg, resolve=True))
     tracker = Tracker(cfg, config)
-    summary: dict[str, Any] = {"config": config, "stages": {}, "artifacts": {}}
+    summary: dict[str, Any] = {"config": config, "command": invocation(), "stages": {}, "artifacts": {}}
     try:
         for name in order:
             metrics = run_stage(cfg, name, tracker)

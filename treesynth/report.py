@@ -3,7 +3,8 @@
 Collects every `summary.json` under <dir> (a Hydra `outputs/` or `multirun/` tree) and writes, under
 `results/<NAME>/`:
   report.md            the tables in the paper's layout, the comparison with the paper, the figures
-  table.csv            the same table: one row per (generator, fine-tuned model, data size, method)
+  table.csv            the same table: one row per (generator, fine-tuned model, data size, method), with the
+                       row's datasets (synthesize artifact dirs) and their hub ids (exports.json)
   cells.csv            every cell in long form with its mean, standard deviation and number of runs
   paper_comparison.csv our cells next to the paper's (results/paper/*.csv)
   scaling_*.png        accuracy / diversity vs data size (log x), one line per method
@@ -35,11 +36,12 @@ import statistics
 import sys
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from treesynth.errors import TreesynthError
+from treesynth.export import hub_url, read_exports
 from treesynth.io import atomic_write_bytes, atomic_write_text, iter_jsonl
 
 log = logging.getLogger("treesynth")
@@ -132,6 +134,7 @@ class Obs:
     value: float
     source: str  # artifact dir (runs that reused one artifact count once) or the summary path
     x: int | None = None  # numeric data size, for the scaling plots
+    dataset: str = ""  # the synthesize artifact dir the row's model trained on / the diversity measured
 
 
 @dataclass
@@ -199,6 +202,7 @@ def observations(run: Run) -> list[Obs]:
     x = int(data_size) if _is_number(data_size) else None
     size = HUMAN if data_size is not None and data_size == run.cfg("task.human_size") else str(data_size)
     gen = ANY if method == "human" else generator_name(run)  # vanilla data has no generator
+    dataset = str(artifacts.get("synthesize") or "")
     out: list[Obs] = []
 
     def source(stage: str) -> str:
@@ -215,11 +219,11 @@ def observations(run: Run) -> list[Obs]:
                 out.append(Obs(ANY, model, ANY, row, bench, as_percent(head[1]), source(stage)))
             else:
                 row = f"{method} ({prompting})" if prompting else method
-                out.append(Obs(gen, model, size, row, bench, as_percent(head[1]), source(stage), x))
+                out.append(Obs(gen, model, size, row, bench, as_percent(head[1]), source(stage), x, dataset))
     div = (stages.get("diversity") or {}).get(DIVERSITY_METRIC)
     if _is_number(div):
         column = DIV_PREFIX + str(run.cfg("task.name", "?"))
-        out.append(Obs(gen, ANY, size, method, column, float(div), source("diversity"), x))
+        out.append(Obs(gen, ANY, size, method, column, float(div), source("diversity"), x, dataset))
     return out
 
 
@@ -266,6 +270,7 @@ class Table:
     benchmarks: list[str]
     diversity: list[str]
     cells: dict[tuple[str, str], Cell]  # (row, column) -> cell; "average" included where defined
+    datasets: dict[str, list[str]] = field(default_factory=dict)  # row -> synthesize artifact dirs
 
     @property
     def columns(self) -> list[str]:
@@ -297,7 +302,8 @@ def build_tables(obs: list[Obs]) -> list[Table]:
             values = [cells.get((row, b)) for b in benchmarks]
             if benchmarks and all(values):
                 cells[(row, "average")] = Cell(statistics.fmean(c.mean for c in values), 0.0, min(c.n for c in values))
-        tables.append(Table(group, rows, benchmarks, diversity, cells))
+        datasets = {r: sorted({o.dataset for o in members if o.row == r and o.dataset}) for r in rows}
+        tables.append(Table(group, rows, benchmarks, diversity, cells, {r: d for r, d in datasets.items() if d}))
     return tables
 
 
@@ -561,7 +567,9 @@ def build_report(root: str | Path, out: str | Path, paper_dir: Path = PAPER_DIR,
                                  [[row_label(r), *(fmt(t.cells.get((r, c)), c) for c in t.columns)] for r in t.rows]))
         md.append("")
         for r in t.rows:
-            table_rows.append([*t.group, r, *(_num(t.cells.get((r, c))) for c in all_columns)])
+            data = t.datasets.get(r, [])
+            table_rows.append([*t.group, r, *(_num(t.cells.get((r, c))) for c in all_columns), ";".join(data),
+                               ";".join(e["repo"] for d in data for e in read_exports(d) if e.get("to") == "hub")])
             for c in t.columns:
                 cell = t.cells.get((r, c))
                 if cell is not None:
@@ -586,6 +594,7 @@ def build_report(root: str | Path, out: str | Path, paper_dir: Path = PAPER_DIR,
                   "Qwen2.5-72B; fine-tuned: llama3_1_8b, qwen2_5_7b; data at human-set size or the scaling sizes).")
     md.append("")
 
+    md += dataset_links(tables)
     figures = scaling_plots(obs, paper, out)
     tsne_made, tsne_note = tsne_figures(runs, out) if tsne else ([], "t-SNE skipped: --no-tsne")
     md += ["## Figures", ""]
@@ -597,7 +606,8 @@ def build_report(root: str | Path, out: str | Path, paper_dir: Path = PAPER_DIR,
     if skipped:
         md += ["", "## Skipped", "", *(f"- {s}" for s in skipped)]
 
-    atomic_write_text(out / "table.csv", to_csv(["generator", "model", "size", "method", *all_columns], table_rows))
+    atomic_write_text(out / "table.csv", to_csv(["generator", "model", "size", "method", *all_columns, "datasets",
+                                                 "hub"], table_rows))
     atomic_write_text(out / "cells.csv", to_csv(["generator", "model", "size", "method", "column", "mean", "std", "n"],
                                                 cell_rows))
     atomic_write_text(out / "paper_comparison.csv",
@@ -605,6 +615,23 @@ def build_report(root: str | Path, out: str | Path, paper_dir: Path = PAPER_DIR,
                              cmp_rows))
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
     return out / "report.md"
+
+
+def dataset_links(tables: list[Table]) -> list[str]:
+    """Report section: each row's synthetic data (its artifact folder) and where it was exported
+    (exports.json, written by `python -m treesynth.export`)."""
+    rows = []
+    for t in tables:
+        for r in t.rows:
+            for d in t.datasets.get(r, []):
+                exported = [f"[{e['repo']}]({e.get('url') or hub_url(e['repo'])})" if e.get("to") == "hub"
+                            else f"`{e.get('path')}`" for e in read_exports(d)]
+                rows.append([group_title(t.group), row_label(r), f"`{d}`", ", ".join(exported) or "-"])
+    if not rows:
+        return []
+    return ["## Datasets", "", "Each row's synthetic data (artifact folder) and its exports "
+            "(`python -m treesynth.export <artifact> --to hub --repo user/name`).", "",
+            markdown_table(["group", "method", "dataset", "exported to"], rows), ""]
 
 
 def _num(cell: Cell | None) -> str | float:

@@ -7,6 +7,13 @@ What a run holds: the (secret-scrubbed) config; per stage its numeric metrics as
 together with `data/size` (so scaling curves plot directly against data scale); the first records of
 data.jsonl as a table; and every PNG the stage wrote (t-SNE). Artifacts are read from the stage's
 directory, so a stage reused from the cache is logged the same way as one that just ran.
+
+W&B Artifacts tie what trained on what: synthesize logs its data as a `dataset` artifact, train its
+adapter (or full model) as a `model` artifact, and a stage declares the artifacts of its upstream stages
+as inputs (train uses the dataset, evaluate the model, diversity the dataset). Names carry our artifact
+key (`dataset-<key>`, `model-<key>`): a rerun that reuses a stage's output logs the same files under the
+same name, so W&B keeps one version. Offline runs hold the same records and get their lineage on
+`wandb sync`.
 """
 
 from __future__ import annotations
@@ -19,12 +26,26 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("treesynth")
 
 SAMPLE_ROWS = 50  # records of data.jsonl logged as a W&B table
 WANDB_HOST = "api.wandb.ai"
+
+# stage -> (W&B artifact type, the files and folders of its artifact dir that the W&B artifact holds)
+ARTIFACTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "synthesize": ("dataset", ("data.jsonl", "tree.json", "tree.html")),
+    "train": ("model", ("adapter", "model", "train.json")),
+}
+# Folders larger than this (full fine-tuned weights) enter a W&B artifact as file:// references: digests
+# and lineage without uploading the weights again; LoRA adapters are far smaller and are uploaded.
+MAX_UPLOAD_BYTES = 1 << 30
+# What a W&B artifact's metadata records about the run config, per artifact type (dotted config paths).
+ARTIFACT_CONFIG = {
+    "dataset": ("task.name", "method.name", "llm.model", "teacher.model", "data.size", "seed"),
+    "model": ("model.name", "model.path", "train.name", "seed"),
+}
 
 
 def _has_api_key() -> bool:
@@ -119,6 +140,65 @@ class Tracker:
         payload.update(self._media(stage, stage_dir))
         self.log(payload)
         self._safe(self.run.summary.update, flat)
+        self._artifacts(stage, stage_dir)
+
+    def _artifacts(self, stage: str, stage_dir: str | Path | None) -> None:
+        """Declare the upstream stages' W&B artifacts as inputs of this run, and log this stage's own."""
+        try:
+            from treesynth.pipeline import STAGES
+            from treesynth.pipeline import stage_dir as keyed_dir
+
+            for up in STAGES[stage].after:
+                if up in ARTIFACTS:
+                    art = self.artifact(up, keyed_dir(self.cfg, up))
+                    if art is not None:
+                        self._use(art)
+            if stage in ARTIFACTS:
+                art = self.artifact(stage, Path(stage_dir or keyed_dir(self.cfg, stage)))
+                if art is not None:
+                    self.run.log_artifact(art)
+        except Exception as e:  # never fail a run for tracking
+            log.warning("W&B: could not log %s artifacts (ignored): %s", stage, e)
+
+    def _use(self, art: Any) -> None:
+        if self.run.offline:
+            # run.use_artifact refuses offline runs; for a new artifact it writes exactly this record (log
+            # it, then mark it used once committed), which `wandb sync` replays
+            self.run._log_artifact(art, is_user_created=True, use_after_commit=True)
+        else:
+            self.run.use_artifact(art)
+
+    def artifact(self, stage: str, folder: Path) -> Any:
+        """A new wandb.Artifact of a stage's output folder (None when it holds none of the files); the
+        same metadata whether this run made it or uses it. Files are read in place, not staged (policy
+        immutable): a finished artifact dir never changes."""
+        import wandb
+
+        from treesynth.pipeline import DONE_FILE, STAGES, stage_key
+
+        kind, names = ARTIFACTS[stage]
+        meta: dict[str, Any] = {"stage": stage, "key": folder.name, "path": str(folder)}
+        meta.update({k: OmegaConf.select(self.cfg, k, default=None) for k in ARTIFACT_CONFIG[kind]})
+        for up in STAGES[stage].after:  # the metadata names the inputs too, readable without lineage
+            if up in ARTIFACTS:
+                meta[f"{ARTIFACTS[up][0]}_artifact"] = artifact_name(up, stage_key(self.cfg, up))
+        done = folder / DONE_FILE
+        metrics = json.loads(done.read_text()).get("metrics") or {} if done.exists() else {}
+        meta["metrics"] = {k: v for k, v in _flatten(metrics).items() if _number(v) is not None}
+        art = wandb.Artifact(artifact_name(stage, folder.name), type=kind, metadata=meta)
+        added = False
+        for name in names:
+            path = folder / name
+            if path.is_file():
+                art.add_file(str(path), name=name, policy="immutable")
+            elif path.is_dir() and _folder_bytes(path) > MAX_UPLOAD_BYTES:
+                art.add_reference(path.resolve().as_uri(), name=name)
+            elif path.is_dir():
+                art.add_dir(str(path), name=name, policy="immutable")
+            else:
+                continue
+            added = True
+        return art if added else None
 
     def _media(self, stage: str, stage_dir: str | Path | None) -> dict[str, Any]:
         """W&B objects for the files a stage left: data samples table and PNG images."""
@@ -154,6 +234,15 @@ class Tracker:
         if self.run is not None:
             self._safe(self.run.finish)
             self.run = None
+
+
+def _folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def artifact_name(stage: str, key: str) -> str:
+    """The W&B artifact name of a stage's output: its type and our artifact key."""
+    return f"{ARTIFACTS[stage][0]}-{key}"
 
 
 def _table(rows: list[dict[str, Any]]) -> Any:
