@@ -20,8 +20,10 @@ destructive file calls (code that wants to can get around it; the namespaces are
 from __future__ import annotations
 
 import functools
+import json
 import os
 import resource
+import select
 import shutil
 import signal
 import subprocess
@@ -114,9 +116,12 @@ def _python_dirs() -> list[str]:
     return sorted(d for d in dirs if not any(d == s or d.startswith(s + "/") for s in _SYSTEM_DIRS))
 
 
-def _bwrap_argv(bwrap: str, script: Path) -> list[str]:
-    """bwrap's command line up to the program: namespaces, then a read-only view of the system."""
+def _bwrap_argv(bwrap: str, script: Path, info_fd: int | None = None) -> list[str]:
+    """bwrap's command line up to the program: namespaces, then a read-only view of the system.
+    `info_fd`: where bwrap writes the host PID of the namespace's PID 1 (see _namespace_init)."""
     argv = [bwrap, "--die-with-parent", "--new-session", "--unshare-user", "--disable-userns", "--unshare-all"]
+    if info_fd is not None:
+        argv += ["--info-fd", str(info_fd)]
     for d in _SYSTEM_DIRS:
         if os.path.islink(d):  # merged /usr: /bin -> usr/bin
             argv += ["--symlink", os.readlink(d), d]
@@ -180,22 +185,29 @@ def run_program(program: str, timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb: i
     with tempfile.TemporaryDirectory(prefix="ts-sandbox-") as tmp:
         script = Path(tmp) / "program.py"
         script.write_text(_GUARD + "\n" + program, encoding="utf-8")
-        if mode == "bwrap":
+        info_r, info_w = os.pipe() if mode == "bwrap" else (None, None)
+        if info_w is not None:
             inside = f"{INSIDE_DIR}/{script.name}"
-            argv = _bwrap_argv(shutil.which("bwrap") or "bwrap", script) + [sys.executable, "-I", inside]
+            argv = _bwrap_argv(shutil.which("bwrap") or "bwrap", script, info_w) + [sys.executable, "-I", inside]
             cwd, env = None, _env(INSIDE_DIR)
         else:
             argv, cwd, env = [sys.executable, "-I", str(script)], tmp, _env(tmp)
-        proc = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # own process group: a timeout kills the whole tree
-            preexec_fn=_limits(memory_mb, int(timeout_s) + 1),
-        )
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # own process group: a timeout kills the whole tree
+                preexec_fn=_limits(memory_mb, int(timeout_s) + 1),
+                pass_fds=() if info_w is None else (info_w,),
+            )
+        finally:
+            if info_w is not None:
+                os.close(info_w)
+        ns_init = None if info_r is None else _namespace_init(info_r, proc, timeout_s)
         try:
             out, _ = proc.communicate(timeout=timeout_s)
             status = "passed" if proc.returncode == 0 else "failed"
@@ -205,8 +217,52 @@ def run_program(program: str, timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb: i
             status = "timeout"
         finally:
             _kill_group(proc)  # anything the program left behind in its session
+            if ns_init is not None:
+                _end_namespace(ns_init)
     text = (out or b"")[:MAX_OUTPUT_BYTES].decode("utf-8", "replace")
     return RunResult(status == "passed", status, proc.returncode, text)
+
+
+def _namespace_init(info_r: int, proc: subprocess.Popen, timeout_s: float) -> int | None:
+    """A pidfd for the sandbox's PID 1, taken while it certainly lives (the program has not even started).
+    bwrap returns as soon as the program exits, while its PID 1 is still tearing the namespace down, and a
+    timeout kills bwrap, not the namespace: waiting on this pidfd is what makes "nothing outlives it" exact."""
+    try:
+        chunks = []
+        while select.select([info_r], [], [], timeout_s)[0]:
+            chunk = os.read(info_r, 4096)
+            if not chunk:  # bwrap closes it once the sandbox is set up
+                break
+            chunks.append(chunk)
+        pid = int(json.loads(b"".join(chunks))["child-pid"])
+        fd = os.pidfd_open(pid)
+    except (OSError, ValueError, KeyError, AttributeError):  # bwrap failed early (its output says why)
+        return None
+    finally:
+        os.close(info_r)
+    if _parent_pid(pid) != proc.pid:  # already gone and the number reused: not ours to kill
+        os.close(fd)
+        return None
+    return fd
+
+
+def _parent_pid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _end_namespace(pidfd: int) -> None:
+    """Kill the sandbox's PID 1 and wait until it has exited: the kernel kills and reaps every other
+    process of a PID namespace before its init's exit completes."""
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    select.select([pidfd], [], [], 10.0)  # readable = exited
+    os.close(pidfd)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
