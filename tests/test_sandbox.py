@@ -295,3 +295,17 @@ def test_all_humaneval_canonical_solutions_pass_in_bwrap():
     results = run_programs([utils.humaneval_program(r, r["canonical_solution"]) for r in rows], workers=4)
     failed = [r["task_id"] for r, res in zip(rows, results, strict=True) if not res.passed]
     assert len(rows) == 164 and failed == []
+
+
+@pytest.mark.skipif(not (DATA / "mbpp" / "mbpp.jsonl").exists(), reason="no local MBPP (TREESYNTH_DATA_DIR)")
+def test_eval_json_states_the_sandbox_of_code_benchmarks(tmp_path):
+    from test_eval_tasks import ScriptedLM, eval_cfg
+
+    from evaluation.harness import run_eval
+
+    doc = next(r for r in map(json.loads, (DATA / "mbpp" / "mbpp.jsonl").read_text().splitlines()) if r["task_id"] == 11)
+    lm = ScriptedLM({doc["text"]: f"```python\n{doc['code']}\n```"})
+    for mode in MODES:
+        res = run_eval(eval_cfg(limit=1, sandbox=mode), ["mbpp"], "scripted", None, str(DATA), tmp_path / mode, lm=lm)
+        b = res["benchmarks"]["mbpp"]
+        assert b["settings"]["sandbox"] == mode and b["metrics"]["pass_at_1"] == 1.0
