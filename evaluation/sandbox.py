@@ -228,8 +228,9 @@ def _namespace_init(info_r: int, proc: subprocess.Popen, timeout_s: float) -> in
     bwrap returns as soon as the program exits, while its PID 1 is still tearing the namespace down, and a
     timeout kills bwrap, not the namespace: waiting on this pidfd is what makes "nothing outlives it" exact."""
     try:
-        chunks = []
-        while select.select([info_r], [], [], timeout_s)[0]:
+        chunks, poll = [], select.poll()  # poll, not select: the harness may hold more than 1024 fds
+        poll.register(info_r, select.POLLIN)
+        while poll.poll(timeout_s * 1000):
             chunk = os.read(info_r, 4096)
             if not chunk:  # bwrap closes it once the sandbox is set up
                 break
@@ -261,7 +262,9 @@ def _end_namespace(pidfd: int) -> None:
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    select.select([pidfd], [], [], 10.0)  # readable = exited
+    poll = select.poll()
+    poll.register(pidfd, select.POLLIN)
+    poll.poll(10_000)  # readable = exited
     os.close(pidfd)
 
 
