@@ -204,6 +204,10 @@ def run_program(program: str, timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb: i
                 preexec_fn=_limits(memory_mb, int(timeout_s) + 1),
                 pass_fds=() if info_w is None else (info_w,),
             )
+        except BaseException:
+            if info_r is not None:
+                os.close(info_r)
+            raise
         finally:
             if info_w is not None:
                 os.close(info_w)
@@ -224,8 +228,8 @@ def run_program(program: str, timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb: i
 
 
 def _namespace_init(info_r: int, proc: subprocess.Popen, timeout_s: float) -> int | None:
-    """A pidfd for the sandbox's PID 1, taken while it certainly lives (the program has not even started).
-    bwrap returns as soon as the program exits, while its PID 1 is still tearing the namespace down, and a
+    """A pidfd for the sandbox's PID 1 (bwrap's init), taken while it certainly lives: it outlives the
+    program, which has barely started. bwrap returns as soon as the program exits, while its PID 1 is still tearing the namespace down, and a
     timeout kills bwrap, not the namespace: waiting on this pidfd is what makes "nothing outlives it" exact."""
     try:
         chunks, poll = [], select.poll()  # poll, not select: the harness may hold more than 1024 fds
