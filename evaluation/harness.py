@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from evaluation.sandbox import DEFAULT_SANDBOX, require_sandbox
 from treesynth.errors import TreesynthError
 from treesynth.io import atomic_write_text, read_jsonl, write_jsonl
 
@@ -192,9 +193,10 @@ def _group_metrics(bench: str) -> list[str]:
 
 
 @contextmanager
-def _code_env(enabled: bool, timeout_s: float, memory_mb: int) -> Iterator[None]:
-    """HF_ALLOW_CODE_EVAL and the sandbox limits only while a code benchmark runs."""
-    keys = {"TREESYNTH_CODE_TIMEOUT_S": str(timeout_s), "TREESYNTH_CODE_MEMORY_MB": str(memory_mb)}
+def _code_env(enabled: bool, timeout_s: float, memory_mb: int, sandbox: str) -> Iterator[None]:
+    """HF_ALLOW_CODE_EVAL and the sandbox settings only while a code benchmark runs."""
+    keys = {"TREESYNTH_CODE_TIMEOUT_S": str(timeout_s), "TREESYNTH_CODE_MEMORY_MB": str(memory_mb),
+            "TREESYNTH_CODE_SANDBOX": sandbox}
     if enabled:
         keys["HF_ALLOW_CODE_EVAL"] = "1"
     old = {k: os.environ.get(k) for k in keys}
@@ -253,12 +255,17 @@ def run_eval(eval_cfg: Any, benchmarks: list[str], model_path: str, adapter: str
     model, model_args = (lm, None) if lm is not None else model_spec(
         eval_cfg.backend, model_path, adapter, eval_cfg.dtype, eval_cfg.runtime.device)
     code = any(p.benchmark in CODE_BENCHMARKS for p in plans)
+    sandbox = str(eval_cfg.get("sandbox", DEFAULT_SANDBOX))
+    if code:
+        require_sandbox(sandbox)  # no isolation, no code evaluation (unless guard_only was chosen)
+        if sandbox == "guard_only":
+            log.warning("eval.sandbox=guard_only: model-written code runs without OS isolation")
     settings = {
         "style": style, "backend": eval_cfg.backend, "limit": eval_cfg.limit, "num_fewshot": eval_cfg.num_fewshot,
         "apply_chat_template": chat, "max_gen_toks": eval_cfg.max_gen_toks, "dtype": eval_cfg.dtype,
         "do_sample": False,
     }
-    with _code_env(code, eval_cfg.code_timeout_s, eval_cfg.code_memory_mb), _hub_errors(data):
+    with _code_env(code, eval_cfg.code_timeout_s, eval_cfg.code_memory_mb, sandbox), _hub_errors(data):
         res = simple_evaluate(
             model=model,
             model_args=model_args,
@@ -279,7 +286,8 @@ def run_eval(eval_cfg: Any, benchmarks: list[str], model_path: str, adapter: str
         out["benchmarks"][plan.benchmark] = {
             "metrics": metrics, "n": n,
             "settings": {**settings, "tasks": [t.name for t in plan.tasks], "data": plan.source,
-                         **({"math_split": eval_cfg.math_split} if plan.benchmark == "math" else {})},
+                         **({"math_split": eval_cfg.math_split} if plan.benchmark == "math" else {}),
+                         **({"sandbox": sandbox} if plan.benchmark in CODE_BENCHMARKS else {})},
         }
         _write_samples(res, plan, out_dir / f"samples_{plan.benchmark}.jsonl")
     return out

@@ -132,17 +132,13 @@ def extract_code(text: str) -> str:
     return m.group(1).rstrip() if m else text.strip()
 
 
-def _sandbox_settings() -> tuple[float, int]:
-    # Set by the harness from eval.code_timeout_s / eval.code_memory_mb (lm-eval gives metrics no config).
-    return (float(os.environ.get("TREESYNTH_CODE_TIMEOUT_S", "10")),
-            int(os.environ.get("TREESYNTH_CODE_MEMORY_MB", "1024")))
-
-
 def run_tests(program: str) -> int:
-    from evaluation.sandbox import run_program
+    from evaluation.sandbox import DEFAULT_SANDBOX, run_program
 
-    timeout_s, memory_mb = _sandbox_settings()
-    return int(run_program(program, timeout_s=timeout_s, memory_mb=memory_mb).passed)
+    # Set by the harness from eval.code_timeout_s / code_memory_mb / sandbox (lm-eval gives metrics no config).
+    return int(run_program(program, timeout_s=float(os.environ.get("TREESYNTH_CODE_TIMEOUT_S", "10")),
+                           memory_mb=int(os.environ.get("TREESYNTH_CODE_MEMORY_MB", "1024")),
+                           mode=os.environ.get("TREESYNTH_CODE_SANDBOX", DEFAULT_SANDBOX)).passed)
 
 
 def mbpp_program(doc: dict, code: str) -> str:

@@ -2,8 +2,8 @@
 
 - self_consistency (math tasks: gsm8k, math): k more teacher samples for the record's prompt; the record
   is kept only when the majority answer (ties: any of the most frequent) equals its completion's answer.
-- execute (code tasks): the record's code runs in evaluation/sandbox.py with its own asserts, or, when
-  it has none, with `tests` assert lines the teacher writes; kept when the program exits 0.
+- execute (code tasks): the record's code runs in evaluation/sandbox.py (isolation `eval.sandbox`) with its
+  own asserts, or, when it has none, with `tests` assert lines the teacher writes; kept when it exits 0.
 - other tasks (simpletom): nothing to check; records pass through (`verify_skipped`).
 `verify_records` is called on every refill round with all surviving records: outcomes are checkpointed
 per record id in `verify.jsonl` (and the LLM calls cached), so each record is verified once.
@@ -92,6 +92,7 @@ class Verifier:
         self.teacher, self.task, self.v = teacher, task, settings(cfg)
         self.seed = int(cfg.seed)
         self.kind = kind_for(task, self.v["kind"])
+        self.sandbox_mode = OmegaConf.select(cfg, "eval.sandbox", default=None)  # one setting for all generated code
         self.log = Checkpoint(work_dir / "verify.jsonl")
         self.done = {r["id"]: r for r in self.log.rows()}
 
@@ -122,7 +123,7 @@ class Verifier:
                 ok = bool(self.v["keep_untested"])
                 return {"id": r["id"], "ok": ok, "reason": "untested"}
         program = code + "\n\n" + "\n".join(tests) + "\n"
-        res = await asyncio.to_thread(sandbox.run_program, program, float(self.v["timeout_s"]))
+        res = await asyncio.to_thread(sandbox.run_program, program, float(self.v["timeout_s"]), mode=self.sandbox_mode)
         return {"id": r["id"], "ok": res.passed, "reason": None if res.passed else f"tests_{res.status}",
                 "tests": tests, "own_asserts": not tests}
 
@@ -135,6 +136,8 @@ class Verifier:
             if importlib.util.find_spec("evaluation.sandbox") is None:
                 return records, {**counts, "verify_unavailable": "evaluation/sandbox.py is missing"}
             sandbox = importlib.import_module("evaluation.sandbox")
+            self.sandbox_mode = self.sandbox_mode or sandbox.DEFAULT_SANDBOX
+            sandbox.require_sandbox(self.sandbox_mode)  # one line on what to install, before any record runs
         todo = [r for r in records if r["id"] not in self.done]
         try:
             check = self.self_consistency if self.kind == "self_consistency" else (lambda r: self.execute(r, sandbox))
