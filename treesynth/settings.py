@@ -383,10 +383,16 @@ def _problems(path: str, value: Any, tp: Any, bounds: Any) -> list[str]:
 
 
 def _is_type(value: Any, tp: Any) -> bool:
-    """Scalar type test. bool is not a number here (true must not pass as 1); a number passes as a string
+    """The value's type, not its contents (a group is a mapping, a list a list; a Literal's choices are not
+    a type). bool is not a number here (true must not pass as 1); a number passes as a string
     (wandb.group=2024); an integer passes as a float (train.lr=1)."""
+    origin = get_origin(tp)
     if tp is Any:
         return True
+    if origin is Annotated or origin is dict or is_dataclass(tp):
+        return isinstance(value, DictConfig)
+    if origin is list:
+        return isinstance(value, ListConfig)
     if tp is type(None):
         return value is None
     if tp is bool:
@@ -397,7 +403,7 @@ def _is_type(value: Any, tp: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if tp is str:
         return isinstance(value, (str, int, float)) and not isinstance(value, bool)
-    return False  # containers: checked by _problems
+    return False
 
 
 _OPS = {"ge": (">=", operator.ge), "gt": (">", operator.gt), "le": ("<=", operator.le), "lt": ("<", operator.lt)}
