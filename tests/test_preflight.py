@@ -161,20 +161,20 @@ def _file(tmp_path: Path, name: str, text: str) -> Path:
 def test_bad_input_files_say_file_and_line(tmp_path, name, text, problem):
     path = _file(tmp_path, name, text)
     with pytest.raises(TreesynthError) as e:
-        check_input_file("method.file", path)
+        check_input_file(path, f"method.file={path}")
     assert str(e.value) == f"method.file={path} {problem}"
 
 
 def test_good_input_files_pass(tmp_path):
-    check_input_file("method.file", _file(tmp_path, "ok.jsonl", '{"a": 1}\n\n{"a": 2}'))
-    check_input_file("method.tree", _file(tmp_path, "tree.json", '{"nodes": {"0": {}}}'))
-    check_input_file("method.persona_file", _file(tmp_path, "personas.txt", "a chef\na pilot\n"))
+    check_input_file(_file(tmp_path, "ok.jsonl", '{"a": 1}\n\n{"a": 2}'), "method.file")
+    check_input_file(_file(tmp_path, "tree.json", '{"nodes": {"0": {}}}'), "method.tree")
+    check_input_file(_file(tmp_path, "personas.txt", "a chef\na pilot\n"), "method.persona_file")
     gz = tmp_path / "rows.jsonl.gz"
     gz.write_bytes(gzip.compress(b'{"a": 1}\n'))
-    check_input_file("method.file", gz)
+    check_input_file(gz, "method.file")
     gz.write_bytes(gzip.compress(b'{"a": 1}\nnope\n'))
     with pytest.raises(TreesynthError, match="line 2: not valid JSON"):
-        check_input_file("method.file", gz)
+        check_input_file(gz, "method.file")
 
 
 @pytest.mark.parametrize(("overrides", "key"), [
@@ -197,6 +197,17 @@ def test_data_dir_must_exist_also_from_the_environment(tmp_path, monkeypatch):
     with pytest.raises(TreesynthError, match=r"^data.dir=.*typo is not a directory"):
         preflight(compose_config([], tmp_path))
     preflight(compose_config([f"data.dir={BENCH}"], tmp_path))
+
+
+def test_the_task_files_under_data_dir_are_checked(tmp_path):
+    root = shutil.copytree(BENCH, tmp_path / "data")
+    (root / "gsm8k" / "train.jsonl").write_text('{"question": "q", "answer": "#### 1"}\n{"question": "q"\n')
+    with pytest.raises(TreesynthError) as e:
+        preflight(compose_config([f"data.dir={root}", "task=gsm8k"], tmp_path))
+    assert str(e.value).startswith(f"{root / 'gsm8k' / 'train.jsonl'} (under data.dir) line 2: not valid JSON")
+    (root / "gsm8k" / "test.jsonl").write_text("")  # a benchmark's test set (decontamination, evaluation)
+    with pytest.raises(TreesynthError, match="test.jsonl \\(under data.dir\\) is empty"):
+        preflight(compose_config([f"data.dir={root}", "task=gsm8k", "task.human=null"], tmp_path))
 
 
 # ---- write failures: one line naming the path, no artifact taken as finished ----------------------------

@@ -16,9 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import IO
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from treesynth.datasets import data_dir
+from treesynth.datasets import benchmark_sources, data_dir, human_source, local_path
 from treesynth.errors import TreesynthError
 from treesynth.io import write_failed
 from treesynth.settings import check_settings
@@ -28,19 +28,30 @@ def preflight(cfg: DictConfig) -> None:
     problems = check_settings(cfg)
     if problems:
         raise TreesynthError("; ".join(problems))
-    data_dir(cfg.data.get("dir"))
+    if (root := data_dir(cfg.data.get("dir"))) is not None:
+        for path in task_data_files(cfg, root):
+            check_input_file(path, f"{path} (under data.dir)")
     from treesynth.methods import method_class  # the registry: one import of the method's module, no model
 
     for key in method_class(str(cfg.method.name)).input_files:
         if value := cfg.method.get(key):
-            check_input_file(f"method.{key}", Path(str(value)))
+            check_input_file(Path(str(value)), f"method.{key}={value}")
     check_writable(Path(str(cfg.paths.artifacts)), "paths.artifacts")
 
 
-def check_input_file(setting: str, path: Path) -> None:
-    """A file the user points at exists and holds something; `.jsonl` is one JSON object per line and
-    `.json` one JSON document (also gzipped). Other files (a persona per line) are read as text."""
-    name = f"{setting}={path}"
+def task_data_files(cfg: DictConfig, root: Path) -> list[Path]:
+    """The files under data.dir this task reads: its training set and its benchmarks' test sets."""
+    human = OmegaConf.select(cfg, "task.human", default=None)
+    sources = [human_source(str(cfg.task.name), human)] if human and human.get("file") else []
+    sources += [s for b in OmegaConf.select(cfg, "task.benchmarks", default=None) or [] for s in benchmark_sources(b)]
+    paths = (local_path(s, root) for s in sources)
+    return sorted({p for p in paths if p is not None and p.is_relative_to(root)})
+
+
+def check_input_file(path: Path, name: str) -> None:
+    """A file the run reads exists and holds something; `.jsonl` is one JSON object per line and `.json`
+    one JSON document (also gzipped). Other files (a persona per line) are read as text. `name` is how
+    errors call it (`method.file=rows.jsonl`)."""
     if not path.is_file():
         raise TreesynthError(f"{name} does not exist" if not path.exists() else f"{name} is not a file")
     kind = path.suffixes[-2] if path.suffix == ".gz" and len(path.suffixes) > 1 else path.suffix
