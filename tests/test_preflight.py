@@ -132,7 +132,7 @@ def test_every_shipped_option_passes(tmp_path, overrides):
 
 
 def test_keys_not_described_are_left_alone(tmp_path):
-    cfg = compose_config(["+llm.profile=fast", "+profiles.fast.x=1", "+task.criteria=[a]", "+method.new_knob=abc",
+    cfg = compose_config(["+llm.profile=fast", "+profiles.fast.x=1", "+profiles.unused.model=???", "+task.criteria=[a]", "+method.new_knob=abc",
                           "+train.runtime.new_knob=[1]", "+model.finetune.unknown=abc"], tmp_path)
     assert check_settings(cfg) == []
 

@@ -316,28 +316,20 @@ class Settings:
 
 # ---- the check --------------------------------------------------------------------------------------------
 def check_settings(cfg: DictConfig) -> list[str]:
-    """One line per problem: required values left `???`, then wrong types and out-of-range values."""
-    missing = [f"{k} is required (set {k}=... on the command line)"
-               for k in _missing(OmegaConf.to_container(cfg, resolve=False), "")]
-    return missing + _node_problems(cfg, Settings, "")
-
-
-def _missing(node: Any, path: str) -> list[str]:
-    """Dotted keys left `???` (unresolved, so a broken interpolation elsewhere does not stop this)."""
-    if node == "???":
-        return [path]
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-    return [k for key, v in items
-            for k in _missing(v, f"{path}[{key}]" if isinstance(node, list) else f"{path}.{key}" if path else key)]
+    """One line per problem: described keys left `???`, of the wrong type or out of range."""
+    return _node_problems(cfg, Settings, "")
 
 
 def _node_problems(node: DictConfig, cls: type, prefix: str) -> list[str]:
     hints = get_type_hints(cls, include_extras=True)
     problems = []
     for f in fields(cls):
-        if f.name not in node or OmegaConf.is_missing(node, f.name):
-            continue  # absent in this option, or reported as required
+        if f.name not in node.keys():  # (`in node` is false for a `???` value)
+            continue  # not a key of this option
         path = f"{prefix}{f.name}"
+        if OmegaConf.is_missing(node, f.name):
+            problems.append(f"{path} is required (set {path}=... on the command line)")
+            continue
         try:
             value = node[f.name]
         except Exception as e:  # an interpolation that does not resolve
