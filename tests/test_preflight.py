@@ -307,9 +307,11 @@ def _namespace() -> list[str] | None:
     """unshare's command for a private mount namespace where this process may mount, else None."""
     if shutil.which("unshare") is None:
         return None
-    cmd = ["unshare", "--mount"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
-    probe = subprocess.run([*cmd, "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True)
-    return cmd if probe.returncode == 0 else None
+    for cmd in (["unshare", "--mount"], ["unshare", "--mount", "--map-root-user"]):  # root; user namespaces
+        probe = subprocess.run([*cmd, "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True)
+        if probe.returncode == 0:
+            return cmd
+    return None
 
 
 def _in_namespace(script: str, tmp_path: Path) -> dict[str, str]:
