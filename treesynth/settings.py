@@ -211,7 +211,7 @@ class TreeSynthMethod(Method):
     criterion_mode: Literal["stepwise", "one_call"]
     fixed_first_level: bool
     samples_per_call: int = bound(ge=1)
-    infinite_weight: float = bound(ge=1)
+    infinite_weight: float = bound(gt=0)
     temperatures: dict[str, float] = bound(ge=0)
     max_tokens: dict[str, int | None] = bound(ge=1)
 
