@@ -6,7 +6,6 @@ is keyed by the config it depends on, so reruns and sweeps reuse what already ex
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import hydra
@@ -16,22 +15,24 @@ from omegaconf import DictConfig
 
 from treesynth.errors import TreesynthError
 
-log = logging.getLogger("treesynth")
-
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict | None:
-    from treesynth.pipeline import run_pipeline
-    from treesynth.summary import print_summary
+    from treesynth.preflight import preflight
 
     # Relative paths are relative to where run.py was launched, also inside launcher jobs.
-    cfg.paths.artifacts = to_absolute_path(cfg.paths.artifacts)
-    cfg.paths.results = to_absolute_path(cfg.paths.results)
+    cfg.paths.artifacts = to_absolute_path(str(cfg.paths.artifacts))
+    cfg.paths.results = to_absolute_path(str(cfg.paths.results))
     try:
+        preflight(cfg)  # bad settings or input files: one line now, before the heavy imports below
+        from treesynth.pipeline import run_pipeline
+
         summary = run_pipeline(cfg, HydraConfig.get().runtime.output_dir)
     except TreesynthError as e:
-        log.error("error: %s", e)
+        print(f"error: {e}", file=sys.stderr)  # one line on stderr (Hydra's console log goes to stdout)
         sys.exit(2)
+    from treesynth.summary import print_summary
+
     print_summary(summary)
     return summary
 

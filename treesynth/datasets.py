@@ -65,8 +65,16 @@ BENCHMARK_TESTS: dict[str, tuple[Source, ...]] = {
 
 
 def data_dir(cfg_dir: str | Path | None = None) -> Path | None:
+    """The local data folder (data.dir, else $TREESYNTH_DATA_DIR); None: the hub only. A folder that does
+    not exist is an error, not a silent fall back to the hub (offline, minutes of the hub client's retries)."""
     d = cfg_dir or os.environ.get("TREESYNTH_DATA_DIR")
-    return Path(d) if d else None
+    if not d:
+        return None
+    path = Path(d).expanduser()
+    if not path.is_dir():
+        raise TreesynthError(f"data.dir={d} is not a directory (set data.dir or TREESYNTH_DATA_DIR to the local "
+                             "data folder, or data.dir=null to use the hub)")
+    return path
 
 
 def local_path(src: Source, cfg_dir: str | Path | None = None) -> Path | None:

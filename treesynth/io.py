@@ -1,33 +1,61 @@
-"""Atomic file writes and JSONL helpers: nothing already written is ever half-overwritten."""
+"""Atomic file writes and JSONL helpers: nothing already written is ever half-overwritten.
+
+A write that fails (full disk, read-only or unwritable folder) raises `WriteFailed`, one line naming the
+file, and leaves the file as it was: no temp file, no torn content a rerun could take for finished work.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from treesynth.errors import TreesynthError
 
 # mkstemp creates 0600 files; artifacts on a shared cluster filesystem should follow the umask instead.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+class WriteFailed(TreesynthError):
+    """A file could not be written (run.py prints the one line and exits 2)."""
+
+
+def write_failed(path: str | Path, err: OSError) -> WriteFailed:
+    return WriteFailed(f"cannot write {path}: {err.strerror or err}")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:  # a short write (disk filling up) is followed by the call that raises ENOSPC
+        view = view[os.write(fd, view):]
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` via a temp file in the same directory and an atomic rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise write_failed(path, e) from e
+    try:
+        try:
+            os.fchmod(fd, 0o666 & ~_UMASK)
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise write_failed(path, e) from e
         raise
 
 
@@ -61,14 +89,17 @@ def iter_jsonl(path: str | Path) -> Iterator[dict]:
 
 
 class JsonlAppender:
-    """Append-only checkpoint log. Each row is one line written with a single write + fsync,
-    so a SIGKILL leaves at most one torn trailing line, which `iter_jsonl` skips."""
+    """Append-only checkpoint log. Each row is one line written unbuffered, then fsync'd, so a SIGKILL or a
+    full disk leaves at most one torn trailing line, which `iter_jsonl` skips and the next open cuts off."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._repair()
-        self._f = open(self.path, "a", encoding="utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._repair()
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise write_failed(self.path, e) from e
 
     def _repair(self) -> None:
         # Drop a torn trailing line so the next append starts on a fresh line.
@@ -81,15 +112,58 @@ class JsonlAppender:
                 f.truncate(cut)
 
     def append(self, row: dict) -> None:
-        self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        try:
+            _write_all(self._fd, (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+            os.fsync(self._fd)
+        except OSError as e:
+            raise write_failed(self.path, e) from e
 
     def close(self) -> None:
-        self._f.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def __enter__(self) -> JsonlAppender:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# errnos that mean the filesystem takes no more writes, whichever library was writing
+FULL_OR_READONLY = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+LOW_SPACE_BYTES = 1 << 20
+
+
+def filesystem_problem(path: str | Path) -> str | None:
+    """Why writes under `path` fail, if its filesystem says so: read-only, or (almost) no space left."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:  # a stage dir not created yet: its filesystem
+        path = path.parent
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return "Read-only file system"
+    if st.f_bavail * st.f_frsize < LOW_SPACE_BYTES:
+        return "No space left on device"
+    return None
+
+
+@contextmanager
+def reporting_write_failures(where: str | Path) -> Iterator[None]:
+    """Turn a full or read-only filesystem under `where` into one WriteFailed line. Writers we do not own
+    report it their own way: OSError (named file, else `where`), SQLite's OperationalError, torch's
+    RuntimeError; the last two carry no errno, so the filesystem itself is asked."""
+    try:
+        yield
+    except TreesynthError:
+        raise
+    except Exception as e:
+        if isinstance(e, OSError) and e.errno in FULL_OR_READONLY:
+            raise write_failed(e.filename or where, e) from e
+        if (reason := filesystem_problem(where)) is not None:
+            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise WriteFailed(f"cannot write under {where}: {reason} ({detail})") from e
+        raise

@@ -27,7 +27,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from treesynth.errors import TreesynthError
-from treesynth.io import atomic_write_json
+from treesynth.io import atomic_write_json, reporting_write_failures
 
 log = logging.getLogger("treesynth")
 
@@ -158,12 +158,14 @@ def _entry(stage: Stage) -> Callable[[StageContext], dict]:
 
 
 def run_stage(cfg: DictConfig, name: str, tracker: Any = None) -> dict:
-    """Run one stage unless its artifact already exists; return its metrics."""
+    """Run one stage unless its artifact already exists; return its metrics. A full or read-only artifacts
+    filesystem is one WriteFailed line naming the path, and the stage stays unfinished (no stage.json), so a
+    rerun after freeing space redoes it, resuming from its checkpoints."""
     stage = STAGES[name]
     key = stage_key(cfg, name)
     out = stage_dir(cfg, name)
     done = out / DONE_FILE
-    with _locked(out.parent / f"{key}.lock"):
+    with reporting_write_failures(out), _locked(out.parent / f"{key}.lock"):
         if done.exists():
             log.info("[%s] already done (key %s): reusing %s", name, key, out)
             return json.loads(done.read_text())["metrics"]
