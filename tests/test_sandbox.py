@@ -278,14 +278,14 @@ def test_verify_runs_executed_tests_in_bwrap(tmp_path):
     from treesynth.llm import LLM
     from treesynth.llm.scripted import ScriptedBackend
     from treesynth.methods.verify import verify_records
-    from treesynth.tasks import load_task
+    from treesynth.tasks import task_of
 
     target = tmp_path / "written"
     code = f"open({str(target)!r}, 'w').write('x')\ndef add(a, b):\n    return a + b\nassert add(2, 3) == 5"
     rec = {"id": "0", "task": "code_alpaca", "method": "t", "prompt": "add", "meta": {},
            "completion": f"```python\n{code}\n```"}
     cfg = compose_config(["task=code_alpaca", "data.verify.enabled=true"], tmp_path)
-    kept, counts = asyncio.run(verify_records([rec], LLM(ScriptedBackend()), load_task(cfg.task), cfg, tmp_path))
+    kept, counts = asyncio.run(verify_records([rec], LLM(ScriptedBackend()), task_of(cfg), cfg, tmp_path))
     assert kept == [] and counts["verify_fail_reasons"] == {"tests_failed": 1} and not target.exists()
 
 

@@ -21,13 +21,17 @@ from omegaconf import DictConfig, OmegaConf
 from treesynth.datasets import benchmark_sources, data_dir, human_source, local_path
 from treesynth.errors import TreesynthError
 from treesynth.io import write_failed
+from treesynth.profiles import profile_for
 from treesynth.settings import check_settings
+from treesynth.tasks import task_of
 
 
 def preflight(cfg: DictConfig) -> None:
+    profile_for(cfg)  # first: the method configs' ${profile:...} defaults resolve through it
     problems = check_settings(cfg)
     if problems:
         raise TreesynthError("; ".join(problems))
+    task_of(cfg)  # the task YAML under the generator's and teacher's profiles
     if (root := data_dir(cfg.data.get("dir"))) is not None:
         for path in task_data_files(cfg, root):
             check_input_file(path, f"{path} (under data.dir)")

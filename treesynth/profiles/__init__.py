@@ -128,12 +128,12 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _llm_profile(llm_cfg: DictConfig | dict | None) -> tuple[str, dict]:
+def _llm_profile(llm_cfg: DictConfig | dict | None, where: str = "llm") -> tuple[str, dict]:
     """(name, data) of an LLM config's profile, with its `profile_overrides` applied (e.g.
     `+llm.profile_overrides.response.max_tokens=4096`)."""
     name = llm_cfg.get("profile") if llm_cfg is not None else None
     if not name:
-        raise TreesynthError(f"llm.profile is not set; choose from {profile_names()}")
+        raise TreesynthError(f"{where}.profile is not set; choose from {profile_names()}")
     over = llm_cfg.get("profile_overrides") or {}
     over = OmegaConf.to_container(over, resolve=True) if isinstance(over, DictConfig) else dict(over)
     return str(name), _merge(profile_data(str(name)), over) if over else profile_data(str(name))
@@ -141,13 +141,13 @@ def _llm_profile(llm_cfg: DictConfig | dict | None) -> tuple[str, dict]:
 
 def profile_for(cfg: DictConfig, llm_cfg: DictConfig | dict | None = None) -> Profile:
     """The profile of an LLM config (default: the generator, cfg.llm)."""
-    return parse_profile(*_llm_profile(cfg.llm if llm_cfg is None else llm_cfg))
+    return parse_profile(*_llm_profile(cfg.llm if llm_cfg is None else llm_cfg, "llm" if llm_cfg is None else "teacher"))
 
 
 def used_profiles(cfg: DictConfig) -> dict[str, Any]:
     """The profiles a synthesis reads (the generator's and the teacher's), by content: part of its key."""
     llms = {"llm": cfg.llm, **({"teacher": cfg.teacher} if cfg.get("teacher") is not None else {})}
-    return {role: dict(zip(("name", "data"), _llm_profile(c), strict=True)) for role, c in llms.items()}
+    return {role: dict(zip(("name", "data"), _llm_profile(c, role), strict=True)) for role, c in llms.items()}
 
 
 def _resolve(key: str, *, _root_: DictConfig) -> Any:
