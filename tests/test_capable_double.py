@@ -89,6 +89,14 @@ def test_miscounting_generator_still_gives_exact_size(tmp_path):
     assert [r["id"] for r in rows][:3] == ["0/0", "0/1", "0/2"]
 
 
+@pytest.mark.parametrize("task", ["gsm8k", "code_alpaca", "simpletom"])
+def test_a_server_that_ignores_the_schema_answers_in_plain_lists(tmp_path, task):
+    # "**Question 1:** ..." / "Instruction 1: ...\nInput 1: ..." items instead of JSON: read as a list.
+    with CapableServer(seed=5, plain_lists=True) as srv:
+        rows, metrics, cfg = synthesize(srv, tmp_path, "method=temperature", f"task={task}", "data.size=12")
+        check_exact_texts(rows, srv, cfg)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["gsm8k", "math", "code_alpaca", "simpletom"])
 def test_whole_chain_over_the_capable_double(tmp_path, task):

@@ -168,3 +168,24 @@ def test_parse_samples_tolerates_miscounts(tmp_path):
     c = Completion(text="", data=data)
     assert len(t.parse_samples(c, 10)) == 10 and len(t.parse_samples(c)) == 12
     assert len(t.parse_samples(Completion(text="", data={"samples": data["samples"][:9]}), 10)) == 9
+
+
+def test_plain_text_lists_parse_when_a_server_ignores_the_schema(tmp_path):
+    """Numbering and markdown variants of the authors' list format; not-JSON answers are read as lists."""
+    from treesynth.tasks.plain import parse_listed
+
+    text = ("Here are 3 problems:\n\n1. Amélie has $12. She spends 25% on “croissants”.\nHow much is left?\n"
+            "2) A train leaves at 8:15 and stops 3 times.\n**3.** What is $\\frac{3}{4}$ of 48?\n")
+    assert parse_listed(text, ["question"]) == [
+        {"question": "Amélie has $12. She spends 25% on “croissants”.\nHow much is left?"},
+        {"question": "A train leaves at 8:15 and stops 3 times."}, {"question": "What is $\\frac{3}{4}$ of 48?"}]
+    assert parse_listed("**Question 1:** Tom has 5.\n**Question 2:** Ann has 6.", ["question"]) == [
+        {"question": "Tom has 5."}, {"question": "Ann has 6."}]
+    code = "Instruction 1: Reverse a list.\nInput 1: [1, 2, 3]\n\nInstruction 2: Sort a dict by value.\nInput 2:\n"
+    assert parse_listed(code, ["instruction", "input"]) == [
+        {"instruction": "Reverse a list.", "input": "[1, 2, 3]"}, {"instruction": "Sort a dict by value.", "input": ""}]
+    assert parse_listed("no list here, 3. things", ["question"]) == []
+    gsm = task("gsm8k", tmp_path, "llm=openai")
+    c = Completion(text="1. First problem, long enough?\n2. Second one?", error="invalid JSON: no JSON object")
+    assert [s["question"] for s in gsm.parse_samples(c, 10)] == ["First problem, long enough?", "Second one?"]
+    assert gsm.parse_samples(Completion(text="1. cut off", finish_reason="length", error="invalid JSON: x")) == []

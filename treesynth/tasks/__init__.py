@@ -20,6 +20,7 @@ from treesynth.errors import TreesynthError
 from treesynth.llm.base import ChatRequest, Completion
 from treesynth.profiles import Profile, profile_for
 from treesynth.prompts import fill, render
+from treesynth.tasks.plain import parse_listed
 
 ANSWER_KINDS = ("number", "expression", "code", "choice")
 
@@ -130,11 +131,16 @@ class TaskSpec:
                                 max_tokens=max_tokens, seed=seed, json_schema=self.sample_schema(k))
 
     def parse_samples(self, c: Completion, k: int | None = None) -> list[dict[str, str]]:
-        """Valid samples of one generation call (invalid or empty ones dropped; at most k kept)."""
-        if not c.ok or not isinstance(c.data, dict):
+        """Valid samples of one generation call (invalid or empty ones dropped; at most k kept). An answer
+        that is not JSON at all (a server that ignored the schema) is read as a numbered plain-text list."""
+        if c.ok and isinstance(c.data, dict):
+            raw = c.data.get("samples", [])
+        elif c.finish_reason == "stop" and (c.error or "").startswith("invalid JSON") and c.text.strip():
+            raw = parse_listed(c.text, [f.name for f in self.fields])
+        else:
             return []
         out = []
-        for s in c.data.get("samples", []):
+        for s in raw:
             if not isinstance(s, dict):
                 continue
             s = {f.name: str(s.get(f.name, "")).strip() for f in self.fields}

@@ -13,7 +13,8 @@ the JSON schema in `response_format` (json_schema or json_object style) or, with
 works for a task YAML it has never seen. Every string it writes into a sample field, and every free text,
 is appended to `sent` (the tests check that data.jsonl holds exactly these texts).
 Deterministic in (messages, seed), like a seeded model; `miscount` makes it return one sample too few
-or too many now and then (a capable model miscounting).
+or too many now and then (a capable model miscounting); `plain_lists` makes it ignore the schema of
+generation calls and answer with a numbered plain-text list, as servers without structured output do.
 """
 
 from __future__ import annotations
@@ -101,8 +102,9 @@ def _schema(body: dict) -> dict | None:
 class CapableModel:
     """The responder: request body -> answer text (the server's `respond` hook)."""
 
-    def __init__(self, miscount: float = 0.0, serve_first: list[str] | None = None):
+    def __init__(self, miscount: float = 0.0, serve_first: list[str] | None = None, plain_lists: bool = False):
         self.miscount = miscount
+        self.plain_lists = plain_lists  # ignore the schema of generation calls: a numbered plain-text list
         self.serve_first = list(serve_first or [])  # sample texts to write before any made-up one
         self.sent: list[str] = []
 
@@ -110,9 +112,24 @@ class CapableModel:
         rng, prompt, schema = _rng(body), _prompt(body), _schema(body)
         if schema is None:
             return self._remember(self.solution(prompt, rng))
+        if self.plain_lists and schema.get("title") == "samples":
+            return self.listed(schema, prompt, rng)
         handler = {"criterion": self.criterion, "coverage": self.coverage, "propose": self.propose}.get(
             str(schema.get("title")), self.instance)
         return json.dumps(handler(schema, prompt, rng), ensure_ascii=False)
+
+    def listed(self, schema: dict, prompt: str, rng: random.Random) -> str:
+        """The authors' answer format: "Question k:" items (multi-field: one "Field k:" line per field)."""
+        samples = self.instance(schema, prompt, rng)["samples"]
+        lines = ["Here are the samples you asked for:", ""]
+        for k, sample in enumerate(samples, 1):
+            names = list(sample)
+            if len(names) == 1:
+                lines.append(f"**Question {k}:** {sample[names[0]]}")
+            else:
+                lines += [f"{name.replace('_', ' ').title()} {k}: {sample[name]}" for name in names]
+            lines.append("")
+        return "\n".join(lines)
 
     def _remember(self, text: str) -> str:
         self.sent.append(text)
@@ -253,8 +270,9 @@ class CapableModel:
 class CapableServer(StubServer):
     """The loopback server with the capable model as its responder (model name `capable`)."""
 
-    def __init__(self, seed: int = 0, miscount: float = 0.0, serve_first: list[str] | None = None, **kw: Any):
-        self.capable = CapableModel(miscount=miscount, serve_first=serve_first)
+    def __init__(self, seed: int = 0, miscount: float = 0.0, serve_first: list[str] | None = None,
+                 plain_lists: bool = False, **kw: Any):
+        self.capable = CapableModel(miscount=miscount, serve_first=serve_first, plain_lists=plain_lists)
         super().__init__(respond=self.capable, seed=seed, model="capable", **kw)
 
     @property
