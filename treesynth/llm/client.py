@@ -1,5 +1,8 @@
 """`LLM`: the public surface every method uses. Wraps a backend with the request cache, JSON-schema
-validation (retried with a derived seed, then recorded as an error, never a crash), and accounting."""
+validation (retried with a derived seed, then recorded as an error, never a crash), and accounting.
+
+A backend may expose `transport_stats` (an object with `as_dict()`: HTTP retries, 429s, 5xx, timeouts),
+which `LLMStats.as_dict()` reports with its own counts (the stage metrics' `llm` block)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,8 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import jsonschema
 from tqdm.auto import tqdm
@@ -28,9 +32,11 @@ class LLMStats:
     truncated: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    transport: Any = field(default=None, repr=False)  # the backend's transport_stats, if it has them
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "transport"}
+        return {**out, **(self.transport.as_dict() if self.transport is not None else {})}
 
 
 def derive_seed(*parts: object) -> int:
@@ -72,7 +78,7 @@ class LLM:
         self.backend = backend
         self.cache = cache
         self.json_retries = json_retries
-        self.stats = LLMStats()
+        self.stats = LLMStats(transport=getattr(backend, "transport_stats", None))
 
     @property
     def model(self) -> str:
