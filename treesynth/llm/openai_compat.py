@@ -11,11 +11,14 @@ retried with exponential backoff and full jitter, other 4xx fail at once. JSON-s
 `response_format` {"type": "json_schema", ...} (OpenAI, vLLM, llama.cpp's llama-server), or with
 schema_style=json_object {"type": "json_object", "schema": ...} (the llama-cpp-python server).
 
-Every failed attempt is counted by kind in `transport_stats` (reported in the stage metrics' `llm` block).
+An answer that arrives but cannot be used (schema-invalid JSON, cut at max_tokens) is asked again with
+the same request `runtime.answer_retries` times by the LLM layer (treesynth/llm/client.py) before any
+derived seed: a server or proxy fault then costs a call, not a different record. Every failed attempt
+is counted by kind in `transport_stats` (reported in the stage metrics' `llm` block).
 
 Config (conf/llm/openai.yaml): backend, model, api_key_env (the NAME of the env var; null/"" for local
 servers that need no key), schema_style, runtime.{base_urls, max_concurrency (per URL), timeout_s, max_retries,
-backoff_base_s, backoff_max_s, cooldown_429_s, health_timeout_s, http}.
+answer_retries, backoff_base_s, backoff_max_s, cooldown_429_s, health_timeout_s, http}.
 """
 
 from __future__ import annotations
@@ -217,6 +220,7 @@ class OpenAIBackend(Backend):
         self.max_concurrency = int(rt.get("max_concurrency", 64))
         self.timeout_s = float(rt.get("timeout_s", 120))
         self.max_retries = int(rt.get("max_retries", 6))
+        self.answer_retries = int(rt.get("answer_retries", 1))
         self.backoff_base_s = float(rt.get("backoff_base_s", 0.5))
         self.backoff_max_s = float(rt.get("backoff_max_s", 30))
         self.cooldown_429_s = float(rt.get("cooldown_429_s", 5))
@@ -227,8 +231,10 @@ class OpenAIBackend(Backend):
         self.http = str(rt.get("http", "aiohttp"))
         if self.http not in TRANSPORTS:
             raise TreesynthError(f"llm.runtime.http={self.http!r}: choose from {sorted(TRANSPORTS)}")
-        if self.max_concurrency < 1 or self.max_retries < 0 or self.timeout_s <= 0:
-            raise TreesynthError("llm.runtime: max_concurrency >= 1, max_retries >= 0 and timeout_s > 0 required")
+        if self.max_concurrency < 1 or self.max_retries < 0 or self.answer_retries < 0 or self.timeout_s <= 0:
+            raise TreesynthError(
+                "llm.runtime: max_concurrency >= 1, max_retries >= 0, answer_retries >= 0 and timeout_s > 0 required"
+            )
         self.transport_stats = TransportStats()
         self._pool: _Pool | None = None
         self._rng = random.Random()  # jitter only; never affects outputs
