@@ -1,15 +1,16 @@
-"""Faults against the loopback stub (treesynth/llm/stub_server.py): the openai backend's fault counters, and
-the LLM layer's same-request re-ask of unusable answers."""
+"""Faults against the loopback stub (treesynth/llm/stub_server.py): the stub's seeded fault injection, the
+openai backend's fault counters, and the LLM layer's same-request re-ask of unusable answers."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
 from treesynth.llm import LLM, Backend, ChatRequest, Completion, build_llm
-from treesynth.llm.stub_server import StubServer
+from treesynth.llm.stub_server import FAULT_KINDS, StubServer
 
 SCHEMA = {
     "title": "pick",
@@ -18,6 +19,9 @@ SCHEMA = {
     "required": ["color", "n"],
     "additionalProperties": False,
 }
+# the stage metrics' counter for each fault kind
+COUNTER = {"429": "http_429", "500": "http_5xx", "hang": "timeouts", "malformed": "invalid_json",
+           "schema_invalid": "invalid_json", "truncated": "truncated"}
 FAST = {"backoff_base_s": 0.01, "backoff_max_s": 0.05, "timeout_s": 0.5, "max_retries": 3}
 
 
@@ -34,6 +38,64 @@ def ask(llm: LLM, requests: list[ChatRequest]) -> list[Completion]:
             await llm.aclose()
 
     return asyncio.run(go())
+
+
+def requests(n: int) -> list[ChatRequest]:
+    return [ChatRequest.user(f"question {i}", seed=i, json_schema=SCHEMA if i % 2 else None) for i in range(n)]
+
+
+# --- the stub's faults ------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", FAULT_KINDS)
+def test_stub_faults_are_seeded_bounded_and_recovered_by_the_same_request(kind: str) -> None:
+    reqs = requests(40)
+    with StubServer() as clean:  # the default answer is a function of (messages, seed)
+        expected = ask(openai_llm(clean.base_url), reqs)
+    with StubServer(fault_kind=kind, fault_rate=0.5, fault_attempts=2,
+                    hang_s=0.8, retry_after=0.01) as srv:
+        llm = openai_llm(srv.base_url, answer_retries=2)
+        got = ask(llm, reqs)
+    eligible = 20 if kind in ("malformed", "schema_invalid") else 40  # content faults: schema requests only
+    faulted = srv.faults[kind] // 2  # each faulted request fails its first two attempts
+    assert srv.fault_candidates == eligible and srv.faults[kind] % 2 == 0, srv.faults
+    assert 0.25 * eligible <= faulted <= 0.75 * eligible, srv.faults
+    assert srv.requests == 40 + srv.faults[kind]
+    assert [(c.text, c.data, c.finish_reason) for c in got] == [(c.text, c.data, c.finish_reason) for c in expected]
+    stats = llm.stats.as_dict()
+    assert stats[COUNTER[kind]] == srv.faults[kind] and stats["errors"] == 0
+    assert stats["json_retries"] == 0  # no record was re-sampled with another seed
+
+
+def test_stub_fault_choice_depends_on_the_request_and_the_seed() -> None:
+    bodies = [{"messages": [{"role": "user", "content": f"q{i}"}], "seed": i} for i in range(400)]
+    a, b, c = (StubServer(fault_kind="500", fault_rate=0.2, seed=s) for s in (0, 0, 1))
+    picks = [[x._fault(body) for body in bodies] for x in (a, b, c)]
+    assert picks[0] == picks[1] and picks[0] != picks[2]
+    assert 40 <= picks[0].count("500") <= 120
+    assert [a._fault(body) for body in bodies] == [None] * 400  # the second attempt is answered
+
+
+def test_hang_is_answered_after_hang_s_and_never_holds_stop() -> None:
+    with StubServer(fault_kind="hang", fault_rate=1.0, hang_s=0.6) as srv:
+        llm = openai_llm(srv.base_url, timeout_s=0.3)
+        t0 = time.perf_counter()
+        c, = ask(llm, [ChatRequest.user("slow", seed=1)])
+        assert c.ok and time.perf_counter() - t0 >= 0.3
+        assert llm.stats.as_dict()["timeouts"] == 1 and srv.requests == 2
+    srv = StubServer(fault_kind="hang", fault_rate=1.0, hang_s=60, fault_attempts=100).start()
+    llm = openai_llm(srv.base_url, timeout_s=30, max_retries=0)
+
+    async def stop_midway() -> Completion:
+        task = asyncio.create_task(llm.complete(ChatRequest.user("stuck", seed=2)))
+        await asyncio.sleep(0.3)
+        t0 = time.perf_counter()
+        await asyncio.to_thread(srv.stop)
+        assert time.perf_counter() - t0 < 5
+        try:
+            return await task
+        finally:
+            await llm.aclose()
+
+    assert not asyncio.run(stop_midway()).ok
 
 
 # --- counters and the same-request re-ask -----------------------------------------------------------
