@@ -1,16 +1,24 @@
 """Faults against the loopback stub (treesynth/llm/stub_server.py): the stub's seeded fault injection, the
-openai backend's fault counters, and the LLM layer's same-request re-ask of unusable answers."""
+openai backend's fault counters, the LLM layer's same-request re-ask of unusable answers, and the fast
+version of bench/faults.py: 200-record syntheses with each fault kind at 20% of requests, and SIGKILLs
+at three moments of a TreeSynth run, each compared with a fault-free run of the same seed."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
+from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from treesynth.llm import LLM, Backend, ChatRequest, Completion, build_llm
 from treesynth.llm.stub_server import FAULT_KINDS, StubServer
+
+sys.path.insert(0, str(REPO))
+from bench import faults as bench  # noqa: E402
 
 SCHEMA = {
     "title": "pick",
@@ -19,9 +27,6 @@ SCHEMA = {
     "required": ["color", "n"],
     "additionalProperties": False,
 }
-# the stage metrics' counter for each fault kind
-COUNTER = {"429": "http_429", "500": "http_5xx", "hang": "timeouts", "malformed": "invalid_json",
-           "schema_invalid": "invalid_json", "truncated": "truncated"}
 FAST = {"backoff_base_s": 0.01, "backoff_max_s": 0.05, "timeout_s": 0.5, "max_retries": 3}
 
 
@@ -61,7 +66,7 @@ def test_stub_faults_are_seeded_bounded_and_recovered_by_the_same_request(kind: 
     assert srv.requests == 40 + srv.faults[kind]
     assert [(c.text, c.data, c.finish_reason) for c in got] == [(c.text, c.data, c.finish_reason) for c in expected]
     stats = llm.stats.as_dict()
-    assert stats[COUNTER[kind]] == srv.faults[kind] and stats["errors"] == 0
+    assert stats[bench.FAULT_METRIC[kind]] == srv.faults[kind] and stats["errors"] == 0
     assert stats["json_retries"] == 0  # no record was re-sampled with another seed
 
 
@@ -150,3 +155,56 @@ def test_truncated_free_text_is_asked_again_with_the_same_seed() -> None:
     llm = LLM(backend)
     c = asyncio.run(llm.complete(ChatRequest.user("solve", seed=3)))
     assert c.ok and c.text == "#### 3" and len(backend.seen) == 2 and llm.stats.truncated == 1
+
+
+# --- the fast bench ----------------------------------------------------------------------------
+SIZE = 200
+SETUP = bench.FaultSetup(size=SIZE, rate=0.2, timeout_s=1.0)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> bench.RunState:
+    state, _, _ = bench.fault_run(None, SETUP, tmp_path_factory.mktemp("reference"))
+    assert len(state.rows) == SIZE and state.duplicates() == 0
+    return state
+
+
+@pytest.mark.parametrize("kind", FAULT_KINDS)
+def test_synthesis_under_faults_equals_the_fault_free_run(kind: str, reference: bench.RunState, tmp_path: Path) -> None:
+    state, srv, wall = bench.fault_run(kind, SETUP, tmp_path)
+    row = bench.fault_row(kind, state, reference, srv, SIZE, wall)
+    assert bench.fault_ok(row), row
+    assert 0.15 * row["candidates"] <= row["injected"] <= 0.25 * row["candidates"], row
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stages"]["synthesize"]["llm"][bench.FAULT_METRIC[kind]] == row["injected"]
+
+
+def test_fault_table_fails_when_records_differ(reference: bench.RunState) -> None:
+    # The checks are not vacuous: a record answered with another seed is caught.
+    other = bench.RunState([*reference.rows[:-1], {**reference.rows[-1], "completion": "#### 0"}],
+                           reference.checkpoints, {**reference.cache, "k": "v"}, reference.metrics)
+    assert other.rows != reference.rows and other.failures_kept(reference) == 1
+    doubled = bench.RunState(reference.rows, {"responses.jsonl": [*reference.checkpoints["responses.jsonl"]] * 2},
+                             reference.cache, reference.metrics)
+    assert doubled.duplicates() == SIZE
+
+
+def test_sigkill_at_moments_of_a_treesynth_run_then_rerun_equals_the_fault_free_run(tmp_path: Path) -> None:
+    size = 30
+    switch = bench.KillSwitch()
+    with StubServer(slots=64, respond=switch) as srv:
+        ref_proc = bench.spawn(bench.synthesis_overrides(srv.base_url, size, tmp_path / "ref", bench.TREE, []))
+        out, _ = ref_proc.communicate(timeout=300)
+        assert ref_proc.returncode == 0, out[-3000:]
+        ref = bench.RunState.read(Path(json.loads(out.strip().splitlines()[-1])["stage"]))
+        ranges = bench.phase_ranges(srv.received)
+        lo, hi = ranges["leaves"]
+        moments = [bench.Moment("leaves", request=(lo + hi) // 2), bench.Moment("hygiene", hook="hygiene:enter"),
+                   bench.Moment("writing", hook="torn:responses.jsonl:5")]
+        for i, m in enumerate(moments):
+            killed, rc, stage, tail = bench.kill_case(m, switch, srv.base_url, size, tmp_path / f"k{i}")
+            assert killed and rc == 0, (m, tail)
+            state = bench.RunState.read(stage)
+            assert len(state.rows) == size and state.rows == ref.rows, m
+            assert state.duplicates() == 0 and state.failures_kept(ref) == 0, m
+            assert state.metrics["llm"]["calls"] < ref.metrics["llm"]["calls"], m  # finished work reused
