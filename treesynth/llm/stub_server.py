@@ -25,7 +25,8 @@ all plain attributes that may be changed while it runs:
 Counters: `requests` (chat requests received, faults included), `answered`, `max_inflight`,
 `received` (request bodies, in arrival order), `last_authorization`, `faults` (kind -> faulted attempts),
 `fault_candidates` (distinct requests the fault kind applies to, faulted or not).
-Standalone: `python -m treesynth.llm.stub_server --port 8000 --latency 0.2 --slots 64`.
+Standalone: `python -m treesynth.llm.stub_server --port 8000 --latency 0.2 --slots 64`
+[--fault-kind 500 --fault-rate 0.2 --fault-attempts 1 --hang-s 5].
 """
 
 from __future__ import annotations
@@ -297,9 +298,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--latency", type=float, nargs="+", default=[0.0], help="seconds, or LO HI for uniform")
     p.add_argument("--slots", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fault-kind", choices=FAULT_KINDS, default=None)
+    p.add_argument("--fault-rate", type=float, default=0.0, help="fraction of requests faulted")
+    p.add_argument("--fault-attempts", type=int, default=1, help="attempts a faulted request fails")
+    p.add_argument("--hang-s", type=float, default=5.0, help="a hang fault is answered after this long")
     a = p.parse_args(argv)
     lat: Latency = (a.latency[0], a.latency[1]) if len(a.latency) > 1 else a.latency[0]
-    with StubServer(latency=lat, slots=a.slots, seed=a.seed, port=a.port) as srv:
+    with StubServer(latency=lat, slots=a.slots, seed=a.seed, port=a.port, fault_kind=a.fault_kind,
+                    fault_rate=a.fault_rate, fault_attempts=a.fault_attempts, hang_s=a.hang_s) as srv:
         print(f"stub server at {srv.base_url}", flush=True)
         try:
             threading.Event().wait()
