@@ -99,7 +99,7 @@ def test_truncation_and_two_event_loops() -> None:
         a, = llm.generate_sync([ChatRequest.user("one", seed=1)])
         b, = llm.generate_sync([ChatRequest.user("two", seed=2)])
     assert a.finish_reason == b.finish_reason == "length" and a.text == "partial"
-    assert srv.requests == 2
+    assert srv.requests == 4  # a cut answer is asked again once (runtime.answer_retries) before it is returned
 
 
 def test_concurrency_is_bounded_per_url() -> None:

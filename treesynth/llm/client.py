@@ -1,5 +1,12 @@
 """`LLM`: the public surface every method uses. Wraps a backend with the request cache, JSON-schema
-validation (retried with a derived seed, then recorded as an error, never a crash), and accounting."""
+validation (retried with a derived seed, then recorded as an error, never a crash), and accounting.
+
+An unusable answer (JSON that does not validate, or text cut at max_tokens) is first asked again with
+the SAME request `backend.answer_retries` times (0 unless the backend sets it: an HTTP backend's answer
+can be damaged by the server or on the way, and the same request then gets the answer a fault-free run
+got; an in-process model would only repeat itself). Only then does a JSON request move on to derived
+seeds, which sample a different answer. A backend may also expose `transport_stats` (an object with
+`as_dict()`: HTTP retries, 429s, 5xx, timeouts), which `LLMStats.as_dict()` reports with its own counts."""
 
 from __future__ import annotations
 
@@ -9,7 +16,8 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import jsonschema
 from tqdm.auto import tqdm
@@ -26,11 +34,15 @@ class LLMStats:
     errors: int = 0  # requests that ended in error after retries
     invalid_json: int = 0  # schema responses that did not validate (each retry counted)
     truncated: int = 0
+    answer_retries: int = 0  # unusable answers asked again with the same request
+    json_retries: int = 0  # invalid JSON asked again with a derived seed
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    transport: Any = field(default=None, repr=False)  # the backend's transport_stats, if it has them
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "transport"}
+        return {**out, **(self.transport.as_dict() if self.transport is not None else {})}
 
 
 def derive_seed(*parts: object) -> int:
@@ -67,12 +79,22 @@ def parse_json(text: str, schema: dict) -> object:
     return data
 
 
+def _invalid_json(c: Completion) -> bool:
+    return c.error is not None and c.error.startswith("invalid JSON")
+
+
+def _unusable(c: Completion) -> bool:
+    """An answer came back but cannot be used (a failed request is the backend's to retry)."""
+    return _invalid_json(c) or (c.error is None and c.finish_reason == "length")
+
+
 class LLM:
     def __init__(self, backend: Backend, cache: RequestCache | None = None, json_retries: int = 2):
         self.backend = backend
         self.cache = cache
         self.json_retries = json_retries
-        self.stats = LLMStats()
+        self.answer_retries = int(getattr(backend, "answer_retries", 0))
+        self.stats = LLMStats(transport=getattr(backend, "transport_stats", None))
 
     @property
     def model(self) -> str:
@@ -83,9 +105,17 @@ class LLM:
         attempts = 1 + (self.json_retries if request.json_schema else 0)
         c = Completion(text="", finish_reason="error", error="no attempt")
         for attempt in range(attempts):
-            req = request if attempt == 0 else replace(request, seed=derive_seed(request.seed, "retry", attempt))
-            c = await self._complete_once(req)
-            if c.error is None or not c.error.startswith("invalid JSON"):
+            req = request
+            if attempt > 0:
+                self.stats.json_retries += 1
+                req = replace(request, seed=derive_seed(request.seed, "retry", attempt))
+            for again in range(1 + self.answer_retries):
+                if again:
+                    self.stats.answer_retries += 1
+                c = await self._complete_once(req)
+                if not _unusable(c):
+                    break
+            if not _invalid_json(c):
                 break
         if c.error:
             self.stats.errors += 1

@@ -11,9 +11,14 @@ retried with exponential backoff and full jitter, other 4xx fail at once. JSON-s
 `response_format` {"type": "json_schema", ...} (OpenAI, vLLM, llama.cpp's llama-server), or with
 schema_style=json_object {"type": "json_object", "schema": ...} (the llama-cpp-python server).
 
+An answer that arrives but cannot be used (schema-invalid JSON, cut at max_tokens) is asked again with
+the same request `runtime.answer_retries` times by the LLM layer (treesynth/llm/client.py) before any
+derived seed: a server or proxy fault then costs a call, not a different record. Every failed attempt
+is counted by kind in `transport_stats` (reported in the stage metrics' `llm` block).
+
 Config (conf/llm/openai.yaml): backend, model, api_key_env (the NAME of the env var; null/"" for local
 servers that need no key), schema_style, runtime.{base_urls, max_concurrency (per URL), timeout_s, max_retries,
-backoff_base_s, backoff_max_s, cooldown_429_s, health_timeout_s, http}.
+answer_retries, backoff_base_s, backoff_max_s, cooldown_429_s, health_timeout_s, http}.
 """
 
 from __future__ import annotations
@@ -137,12 +142,27 @@ class _Pool:
     turn: int = 0  # round-robin tie break among equally busy URLs
 
 
-class _Failure(Exception):
-    """One failed attempt: where, why, and whether another attempt may help."""
+@dataclass
+class TransportStats:
+    """Failed HTTP attempts by kind, and the attempts re-sent after them (all requests of one backend)."""
 
-    def __init__(self, url: str, reason: str, retryable: bool = True, cooled: bool = False):
+    retries: int = 0
+    http_429: int = 0
+    http_5xx: int = 0
+    http_4xx: int = 0  # other statuses: 408/409 are retried, the rest fail the request at once
+    timeouts: int = 0
+    connection_errors: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class _Failure(Exception):
+    """One failed attempt: where, why, its `TransportStats` counter, and whether another attempt may help."""
+
+    def __init__(self, url: str, reason: str, kind: str, retryable: bool = True, cooled: bool = False):
         super().__init__(f"{url}: {reason}")
-        self.url, self.reason, self.retryable, self.cooled = url, reason, retryable, cooled
+        self.url, self.reason, self.kind, self.retryable, self.cooled = url, reason, kind, retryable, cooled
 
 
 def retry_after_s(headers: Mapping[str, str] | None) -> float | None:
@@ -200,6 +220,7 @@ class OpenAIBackend(Backend):
         self.max_concurrency = int(rt.get("max_concurrency", 64))
         self.timeout_s = float(rt.get("timeout_s", 120))
         self.max_retries = int(rt.get("max_retries", 6))
+        self.answer_retries = int(rt.get("answer_retries", 1))
         self.backoff_base_s = float(rt.get("backoff_base_s", 0.5))
         self.backoff_max_s = float(rt.get("backoff_max_s", 30))
         self.cooldown_429_s = float(rt.get("cooldown_429_s", 5))
@@ -210,8 +231,11 @@ class OpenAIBackend(Backend):
         self.http = str(rt.get("http", "aiohttp"))
         if self.http not in TRANSPORTS:
             raise TreesynthError(f"llm.runtime.http={self.http!r}: choose from {sorted(TRANSPORTS)}")
-        if self.max_concurrency < 1 or self.max_retries < 0 or self.timeout_s <= 0:
-            raise TreesynthError("llm.runtime: max_concurrency >= 1, max_retries >= 0 and timeout_s > 0 required")
+        if self.max_concurrency < 1 or self.max_retries < 0 or self.answer_retries < 0 or self.timeout_s <= 0:
+            raise TreesynthError(
+                "llm.runtime: max_concurrency >= 1, max_retries >= 0, answer_retries >= 0 and timeout_s > 0 required"
+            )
+        self.transport_stats = TransportStats()
         self._pool: _Pool | None = None
         self._rng = random.Random()  # jitter only; never affects outputs
 
@@ -279,16 +303,20 @@ class OpenAIBackend(Backend):
     async def complete(self, request: ChatRequest) -> Completion:
         pool = self._endpoints()
         params = self._params(request)
-        last = _Failure(self.base_urls[0], "no attempt")
+        last = _Failure(self.base_urls[0], "no attempt", "connection_errors")
         for attempt in range(self.max_retries + 1):
             try:
                 return _completion(await self._attempt(pool, params))
             except _Failure as f:
                 last = f
+            stats = self.transport_stats
+            setattr(stats, last.kind, getattr(stats, last.kind) + 1)
             if not last.retryable:
                 raise LLMError(f"{last.url} rejected the request ({last.reason})")
-            if attempt < self.max_retries and not last.cooled:
-                await asyncio.sleep(self._backoff(attempt))  # after a 429 the cooldown is the wait
+            if attempt < self.max_retries:
+                stats.retries += 1
+                if not last.cooled:
+                    await asyncio.sleep(self._backoff(attempt))  # after a 429 the cooldown is the wait
         raise LLMError(f"{last.url} failed after {self.max_retries + 1} attempts; last: {last.reason}")
 
     async def _attempt(self, pool: _Pool, params: dict[str, Any]) -> dict:
@@ -312,16 +340,17 @@ class OpenAIBackend(Backend):
 
     def _failure(self, pool: _Pool, ep: _Endpoint, e: _HTTPError) -> _Failure:
         if e.kind == "timeout":
-            return _Failure(ep.url, f"timeout after {self.timeout_s:g}s")
+            return _Failure(ep.url, f"timeout after {self.timeout_s:g}s", "timeouts")
         if e.kind == "connection":
-            return _Failure(ep.url, f"connection error: {_short(e.message)}")
+            return _Failure(ep.url, f"connection error: {_short(e.message)}", "connection_errors")
         if e.status == 429:
             pause = self.cooldown_429_s if e.retry_after is None else e.retry_after
             ep.cooldown_until = max(ep.cooldown_until, pool.loop.time() + pause)
             log.debug("HTTP 429 from %s: pausing it %.1fs", ep.url, pause)
-            return _Failure(ep.url, "HTTP 429", cooled=True)
+            return _Failure(ep.url, "HTTP 429", "http_429", cooled=True)
+        kind = "http_5xx" if e.status >= 500 else "http_4xx"
         transient = e.status >= 500 or e.status in _RETRY_STATUS
-        return _Failure(ep.url, f"HTTP {e.status}: {_short(e.message)}", retryable=transient)
+        return _Failure(ep.url, f"HTTP {e.status}: {_short(e.message)}", kind, retryable=transient)
 
     async def health_check(self) -> None:
         """GET {url}/models on every URL with a short timeout: a missing key or an unreachable URL

@@ -11,12 +11,22 @@ all plain attributes that may be changed while it runs:
 - `fail_first` / `fail_status` / `retry_after`: the first k chat requests get that HTTP status
   (429 carries Retry-After when `retry_after` is not None); `fail_first=None` fails forever;
 - `hang`: chat requests are never answered (until stop);
+- `fault_kind` / `fault_rate` / `fault_attempts` / `hang_s`: seeded, per-request faults (see `FAULT_KINDS`).
+  A request is faulted when a hash of (its body, `seed`) falls under `fault_rate`; it then fails its
+  first `fault_attempts` attempts (a retry sends the same body, so the stub counts attempts per body)
+  and is answered normally after that, exactly as an unfaulted request. So a client that retries the
+  same request recovers the fault-free answer, and one that changes the request (another seed) does not.
+  `malformed` and `schema_invalid` apply to JSON-schema requests only (free text has no format a
+  transport can break); a `hang` is answered after `hang_s` seconds (set it past the client's timeout)
+  or at stop, whichever comes first;
 - `respond(request_json) -> str | dict | list | StubReply` scripts the answer (dict/list are sent as
   JSON; may be async). Default: free text derived from prompt and seed, or, when the request carries
   response_format json_schema, a schema-valid instance drawn from the same seed.
 Counters: `requests` (chat requests received, faults included), `answered`, `max_inflight`,
-`received` (request bodies, in arrival order), `last_authorization`.
-Standalone: `python -m treesynth.llm.stub_server --port 8000 --latency 0.2 --slots 64`.
+`received` (request bodies, in arrival order), `last_authorization`, `faults` (kind -> faulted attempts),
+`fault_candidates` (distinct requests the fault kind applies to, faulted or not).
+Standalone: `python -m treesynth.llm.stub_server --port 8000 --latency 0.2 --slots 64`
+[--fault-kind 500 --fault-rate 0.2 --fault-attempts 1 --hang-s 5].
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import random
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +60,16 @@ class StubReply:
 
 Responder = Callable[[dict], Any]  # request json -> str | dict | list | StubReply (or an awaitable of it)
 
+# 429 (with Retry-After = retry_after) and 500: HTTP errors; hang: answered after hang_s; malformed: the
+# answer cut in half behind some prose; schema_invalid: valid JSON of the wrong shape; truncated: the answer
+# cut in half with finish_reason "length".
+FAULT_KINDS = ("429", "500", "hang", "malformed", "schema_invalid", "truncated")
+_CONTENT_FAULTS = ("malformed", "schema_invalid")  # need a JSON-schema request
+
+
+def _is_schema_request(body: dict) -> bool:
+    return (body.get("response_format") or {}).get("type") in ("json_schema", "json_object")
+
 
 def default_answer(body: dict) -> str:
     """Deterministic in (messages, seed): same request, same text; another seed, another text."""
@@ -62,6 +83,20 @@ def default_answer(body: dict) -> str:
     return f"stub answer {digest.hex()[:8]} to: {' '.join(prompt.split()[:12])}"
 
 
+def _damaged(reply: StubReply, fault: str) -> StubReply:
+    half = reply.text[: len(reply.text) // 2]
+    if fault == "truncated":
+        return StubReply(half, finish_reason="length")
+    if fault == "malformed":
+        return StubReply(f"Here is the JSON you asked for: {half}")
+    # schema_invalid: every schema here is an object at the top (anything else gets an object)
+    try:
+        value = json.loads(reply.text)
+    except ValueError:
+        value = reply.text
+    return StubReply(json.dumps({"stub_fault": value} if isinstance(value, list) else [value]))
+
+
 class StubServer:
     def __init__(
         self,
@@ -73,6 +108,10 @@ class StubServer:
         fail_status: int = 500,
         retry_after: float | None = 1.0,
         hang: bool = False,
+        fault_kind: str | None = None,
+        fault_rate: float = 0.0,
+        fault_attempts: int = 1,
+        hang_s: float = 5.0,
         model: str = "stub-model",
         port: int = 0,
     ):
@@ -83,6 +122,13 @@ class StubServer:
         self.fail_status = fail_status
         self.retry_after = retry_after
         self.hang = hang
+        if fault_kind is not None and fault_kind not in FAULT_KINDS:
+            raise ValueError(f"fault_kind {fault_kind!r}: choose from {FAULT_KINDS}")
+        self.fault_kind = fault_kind
+        self.fault_rate = fault_rate
+        self.fault_attempts = fault_attempts
+        self.hang_s = hang_s
+        self.seed = seed
         self.model = model
         self.port = port
         self.requests = 0
@@ -91,6 +137,9 @@ class StubServer:
         self.max_inflight = 0
         self.received: list[dict] = []
         self.last_authorization: str | None = None  # the Authorization header of the last chat request
+        self.faults: Counter[str] = Counter()
+        self.fault_candidates = 0
+        self._attempts: Counter[str] = Counter()  # body hash -> attempts seen
         self._rng = random.Random(seed)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -111,20 +160,47 @@ class StubServer:
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "stub"}]})
 
+    def _fault(self, body: dict) -> str | None:
+        """The fault this attempt of this request gets (None: answered normally)."""
+        kind = self.fault_kind
+        if kind is None or self.fault_rate <= 0 or (kind in _CONTENT_FAULTS and not _is_schema_request(body)):
+            return None
+        digest = hashlib.sha256(json.dumps([body, self.seed], sort_keys=True).encode()).digest()
+        key = digest.hex()
+        attempt = self._attempts[key]
+        self._attempts[key] += 1
+        self.fault_candidates += attempt == 0
+        faulted = int.from_bytes(digest[:8], "big") / 2**64 < self.fault_rate
+        if not faulted or attempt >= self.fault_attempts:
+            return None
+        self.faults[kind] += 1
+        return kind
+
+    def _error(self, status: int) -> web.Response:
+        headers = {}
+        if status == 429 and self.retry_after is not None:
+            headers["Retry-After"] = f"{self.retry_after:g}"
+        err = {"error": {"message": f"stub fault {status}", "type": "stub", "code": status}}
+        return web.json_response(err, status=status, headers=headers)
+
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.requests += 1
         self.received.append(body)
         self.last_authorization = request.headers.get("Authorization")
         if self.fail_first is None or self.requests <= self.fail_first:
-            headers = {}
-            if self.fail_status == 429 and self.retry_after is not None:
-                headers["Retry-After"] = f"{self.retry_after:g}"
-            err = {"error": {"message": f"stub fault {self.fail_status}", "type": "stub", "code": self.fail_status}}
-            return web.json_response(err, status=self.fail_status, headers=headers)
-        if self.hang:
-            await self._stopping.wait()  # released by stop(), so shutdown never waits on it
-            raise web.HTTPServiceUnavailable()
+            return self._error(self.fail_status)
+        fault = self._fault(body)
+        if fault in ("429", "500"):
+            return self._error(int(fault))
+        if self.hang or fault == "hang":
+            # Released by stop(), so shutdown never waits on it; a hang fault is answered late.
+            try:
+                await asyncio.wait_for(self._stopping.wait(), None if self.hang else self.hang_s)
+            except asyncio.TimeoutError:
+                pass
+            if self._stopping.is_set():
+                raise web.HTTPServiceUnavailable()
         if self._sem is None or self._sem_size != self.slots:
             self._sem, self._sem_size = asyncio.Semaphore(self.slots), self.slots
         async with self._sem:
@@ -142,6 +218,8 @@ class StubServer:
             reply = default_answer(body)
         if not isinstance(reply, StubReply):
             reply = StubReply(reply if isinstance(reply, str) else json.dumps(reply))
+        if fault in ("malformed", "schema_invalid", "truncated"):
+            reply = _damaged(reply, fault)
         self.answered += 1
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages") or [])
         completion_tokens = len(reply.text.split())
@@ -220,9 +298,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--latency", type=float, nargs="+", default=[0.0], help="seconds, or LO HI for uniform")
     p.add_argument("--slots", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fault-kind", choices=FAULT_KINDS, default=None)
+    p.add_argument("--fault-rate", type=float, default=0.0, help="fraction of requests faulted")
+    p.add_argument("--fault-attempts", type=int, default=1, help="attempts a faulted request fails")
+    p.add_argument("--hang-s", type=float, default=5.0, help="a hang fault is answered after this long")
     a = p.parse_args(argv)
     lat: Latency = (a.latency[0], a.latency[1]) if len(a.latency) > 1 else a.latency[0]
-    with StubServer(latency=lat, slots=a.slots, seed=a.seed, port=a.port) as srv:
+    with StubServer(latency=lat, slots=a.slots, seed=a.seed, port=a.port, fault_kind=a.fault_kind,
+                    fault_rate=a.fault_rate, fault_attempts=a.fault_attempts, hang_s=a.hang_s) as srv:
         print(f"stub server at {srv.base_url}", flush=True)
         try:
             threading.Event().wait()
