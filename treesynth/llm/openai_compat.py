@@ -198,12 +198,47 @@ def _error_message(raw: bytes) -> str:
 SCHEMA_STYLES = ("json_schema", "json_object")
 
 
+_ANY_CLASS = re.compile(r"\[(\\s\\S|\\S\\s|\\w\\W|\\d\\D)\]")
+
+
+def gbnf_safe(schema: Any) -> Any:
+    """The schema as llama-cpp-python 0.3.x can turn it into a grammar. Its converter copies regex escapes
+    such as `\\.` and `[\\s\\S]` into GBNF, whose parser rejects them, and the server process dies
+    on the request ("unknown escape"). Same language, other spelling: `\\.` -> `[.]`; a pattern that is
+    "any text" (`^[\\s\\S]+$`) is dropped for its min/maxLength. Answers are still validated against the
+    original schema."""
+    if isinstance(schema, list):
+        return [gbnf_safe(v) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: gbnf_safe(v) for k, v in schema.items() if k != "pattern"}
+    pattern = schema.get("pattern")
+    if isinstance(pattern, str) and not re.fullmatch(r"\^?" + _ANY_CLASS.pattern + r"[+*]\$?", pattern):
+        out["pattern"] = _escaped_dots_as_classes(pattern)
+    return out
+
+
+def _escaped_dots_as_classes(pattern: str) -> str:
+    out, i, in_class = [], 0, False
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            pair = pattern[i:i + 2]
+            out.append("[.]" if pair == "\\." and not in_class else pair)
+            i += 2
+            continue
+        in_class = (in_class or ch == "[") and ch != "]"
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
 def response_format(schema: dict, style: str = "json_schema") -> dict:
     """`json_schema`: OpenAI's structured-output form, also taken by vLLM and llama.cpp's C++
     llama-server. `json_object`: {"type": "json_object", "schema": ...}, the only form the Python
-    llama-cpp-python server (0.3.x) turns into a grammar."""
+    llama-cpp-python server (0.3.x) turns into a grammar (spelled the way its converter can)."""
     if style == "json_object":
-        return {"type": "json_object", "schema": schema}
+        return {"type": "json_object", "schema": gbnf_safe(schema)}
     name = _SCHEMA_NAME.sub("_", str(schema.get("title") or "response"))[:64] or "response"
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
 
