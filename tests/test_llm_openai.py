@@ -7,6 +7,7 @@ import asyncio
 import importlib.util
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -318,7 +319,19 @@ def test_llama_cpp_server_round_trip(llama_server: str, tmp_path: Path) -> None:
 
 
 def test_schema_styles() -> None:
-    from treesynth.llm.openai_compat import response_format
+    from treesynth.llm.openai_compat import gbnf_safe, response_format
 
-    assert response_format(SCHEMA, "json_object") == {"type": "json_object", "schema": SCHEMA}
+    assert response_format(SCHEMA, "json_object") == {"type": "json_object", "schema": gbnf_safe(SCHEMA)}
+    # llama-cpp-python's converter: spellings its grammar parser rejects (they killed the server process)
+    number = {"type": "string", "pattern": "^-?[0-9]{1,9}(\\.[0-9]{1,3})?$"}
+    code = {"type": "string", "pattern": "^[\\s\\S]+$", "minLength": 10, "maxLength": 800}
+    guard = {"type": "string", "minLength": 1, "maxLength": 8000}
+    safe = gbnf_safe({"type": "object", "properties": {"n": number, "c": code, "g": guard,
+                                                     "k": {"type": "string", "pattern": "^[a\\.b\\[\\]]{1,3}$"}}})
+    assert safe["properties"] == {"n": {"type": "string", "pattern": "^-?[0-9]{1,9}([.][0-9]{1,3})?$"},
+                                  "c": {"type": "string", "minLength": 10, "maxLength": 800},
+                                  "g": {"type": "string", "minLength": 1},
+                                  "k": {"type": "string", "pattern": "^[a\\.b\\[\\]]{1,3}$"}}
+    for s in (number, safe["properties"]["n"]):  # the same language
+        assert all(bool(re.fullmatch(s["pattern"], x)) == ok for x, ok in [("12.5", True), ("12x5", False), ("-3", True)])
     assert response_format({"title": "a b/c"})["json_schema"]["name"] == "a_b_c"

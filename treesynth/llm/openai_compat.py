@@ -198,6 +198,7 @@ def _error_message(raw: bytes) -> str:
 SCHEMA_STYLES = ("json_schema", "json_object")
 
 
+GBNF_MAX_REPEAT = 1000
 _ANY_CLASS = re.compile(r"\[(\\s\\S|\\S\\s|\\w\\W|\\d\\D)\]")
 
 
@@ -205,13 +206,15 @@ def gbnf_safe(schema: Any) -> Any:
     """The schema as llama-cpp-python 0.3.x can turn it into a grammar. Its converter copies regex escapes
     such as `\\.` and `[\\s\\S]` into GBNF, whose parser rejects them, and the server process dies
     on the request ("unknown escape"). Same language, other spelling: `\\.` -> `[.]`; a pattern that is
-    "any text" (`^[\\s\\S]+$`) is dropped for its min/maxLength. Answers are still validated against the
-    original schema."""
+    "any text" (`^[\\s\\S]+$`) is dropped for its min/maxLength; a maxLength above 1,000 (a runaway guard)
+    is left to validation. Answers are always validated against the original schema."""
     if isinstance(schema, list):
         return [gbnf_safe(v) for v in schema]
     if not isinstance(schema, dict):
         return schema
     out = {k: gbnf_safe(v) for k, v in schema.items() if k != "pattern"}
+    if isinstance(out.get("maxLength"), int) and out["maxLength"] > GBNF_MAX_REPEAT:
+        del out["maxLength"]  # a runaway guard, checked on the answer: as a grammar, 8,000 nested optionals
     pattern = schema.get("pattern")
     if isinstance(pattern, str) and not re.fullmatch(r"\^?" + _ANY_CLASS.pattern + r"[+*]\$?", pattern):
         out["pattern"] = _escaped_dots_as_classes(pattern)
