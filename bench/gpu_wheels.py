@@ -96,16 +96,28 @@ def build_source_only(reqs: list[str], dest: Path) -> list[str]:
     return built
 
 
+def check_pip() -> None:
+    from importlib.metadata import version
+
+    major, minor = (int(x) for x in version("pip").split(".")[:2])
+    if (major, minor) < (23, 1):  # --report and metadata-only resolution
+        sys.exit(f"gpu_wheels: pip {version('pip')} is too old; run `{sys.executable} -m pip install -U pip` (>= 23.1)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--python-version", required=True, help="the node's Python, e.g. 3.10, 3.11, 3.12")
     ap.add_argument("--platform", default="manylinux_2_28_x86_64",
                     help="the node's newest wheel platform tag (glibc 2.28 = RHEL 8, Ubuntu 20.04 has 2.31)")
     ap.add_argument("--dest", type=Path, default=REPO / ".gpu-wheels")
+    ap.add_argument("--node-has", default="",
+                    help="comma-separated packages the node also has (e.g. pandas,scipy,pyarrow,scikit-learn): "
+                         "left out with their dependencies, at the versions resolved here")
     args = ap.parse_args(argv)
     if not re.fullmatch(r"3\.\d+", args.python_version):
         ap.error(f"--python-version {args.python_version!r}: give major.minor, e.g. 3.11")
 
+    check_pip()
     pins = pyproject_pins()
     roots, pre = pinned(ROOTS, pins), pinned(PREINSTALLED, pins)
     args.dest.mkdir(parents=True, exist_ok=True)
@@ -117,17 +129,31 @@ def main(argv: list[str] | None = None) -> int:
         target += ["--platform", p]
     # Shared dependencies are resolved together with the preinstalled pins, so they fit the node's versions.
     everything = resolve(roots + pre, target, args.dest)
-    preinstalled = resolve(pre, target, None)
+    node_has = [canonical(n) for n in args.node_has.split(",") if n.strip()]
+    unknown = [n for n in node_has if n not in everything]
+    if unknown:
+        sys.exit(f"gpu_wheels: --node-has {unknown}: not among the packages the check needs; drop them")
+    preinstalled = resolve(pre + [f"{n}=={everything[n]['version']}" for n in node_has], target, None)
     wanted = {n: i["version"] for n, i in everything.items() if n not in preinstalled}
+    if "+" in preinstalled["torch"]["version"] and "triton" in wanted:  # e.g. 2.13.0+cpu from a find-links folder
+        print(f"gpu_wheels: note: torch resolved to {preinstalled['torch']['version']} through your pip configuration; "
+              "a CUDA build brings triton itself, so the triton wheel here is likely not needed", file=sys.stderr)
+    for name in built:
+        if name not in wanted:  # built for a package the node turns out to have
+            for wheel in args.dest.glob("*.whl"):
+                if canonical(wheel.name.split("-")[0]) == name:
+                    wheel.unlink()
     to_download = [f"{n}=={v}" for n, v in sorted(wanted.items()) if n not in built]
     pip("download", "--no-deps", "--quiet", "-d", str(args.dest), *target, *to_download)
 
-    (args.dest / "requirements.txt").write_text("".join(f"{n}=={v}\n" for n, v in sorted(wanted.items())))
+    # bench/gpu_check.sh reads the first line to refuse wheels for another Python.
+    header = f"# python {args.python_version} {args.platform}: bench/gpu_wheels.py, offline install by bench/gpu_check.sh\n"
+    (args.dest / "requirements.txt").write_text(header + "".join(f"{n}=={v}\n" for n, v in sorted(wanted.items())))
     wheels = sorted(args.dest.glob("*.whl"))
     size = sum(w.stat().st_size for w in wheels) / 2**20
     print(f"gpu_wheels: {len(wheels)} wheels, {size:.1f} MiB in {args.dest} for Python {args.python_version} "
           f"on {args.platform} (built from source: {', '.join(built) or 'none'}; left to the node: "
-          f"{len(preinstalled)} packages of {', '.join(PREINSTALLED)})")
+          f"{len(preinstalled)} packages: {', '.join(PREINSTALLED + tuple(node_has))} and their dependencies)")
     return 0
 
 
