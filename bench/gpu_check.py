@@ -10,14 +10,16 @@ machinery's, the scores are meaningless (and not checked).
 Paths it runs, each through the pipeline's own stage functions (`run_pipeline` on a config composed from
 conf/ exactly as `python run.py <overrides>` would compose it):
 
-  train_lora   train=lora, bf16/fp16 autocast on CUDA (fp32 on CPU), gradient checkpointing `auto`
-  eval_lora    evaluate_base + evaluate: lm-eval's hf backend on the device (base, base + LoRA adapter)
-  train_full   train=full (fp32 weights, half-precision autocast on CUDA) + evaluate of the saved model
-  launch       `torchrun -m training.launch` (one process per GPU; one process on CPU)
-  synthesize   the embedded backend (llm=embedded, llm.runtime.device=<device>) writing a small
-               temperature-sampling dataset with xgrammar JSON masks
-  vllm         when `import vllm` works: the vllm generation backend (llm=vllm) and eval=vllm, through
-               `python run.py` in a subprocess (each needs the GPU to itself)
+  train_lora            train=lora, precision and gradient checkpointing `auto` (CUDA: bf16, or fp16 where
+                        bf16 is only emulated, checkpointing on; CPU: fp32, off)
+  eval                  evaluate_base + evaluate: lm-eval's hf backend on the device (base, base + adapter)
+  train_full            train=full (fp32 weights, half-precision autocast on CUDA) + evaluate of the saved model
+  cuda_settings_on_cpu  CPU runs only: the CUDA training settings and a bf16 lm-eval forced on the CPU
+  launch                `torchrun -m training.launch` (one process per GPU; one process on CPU)
+  synthesize            the embedded backend (llm=embedded, llm.runtime.device=<device>) writing a small
+                        temperature-sampling dataset with xgrammar JSON masks
+  vllm                  when vllm is installed: llm=vllm and eval=vllm through `python run.py` in a
+                        subprocess (the engine wants GPU memory this process holds)
 
 Every phase checks what it produced (steps, adapter/model files, n items scored, the precision the
 trainer used, records written) and that the GPU was actually used; any failure, device-placement or
@@ -253,6 +255,18 @@ class DeviceMemoryPoller:
         return max(self.peak, self._used())
 
 
+class _Collect(logging.Handler):
+    def __init__(self, sink: Callable[[str], None]):
+        super().__init__(logging.WARNING)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.sink(record.getMessage())
+        except Exception:
+            self.handleError(record)
+
+
 class PlacementWarnings:
     """Warnings (Python's and transformers' logger's) that mention a device or a dtype, collected for the
     report; generate() on inputs from another device is an error outright."""
@@ -264,10 +278,9 @@ class PlacementWarnings:
         warnings.filterwarnings("error", message=".*being on a device type different.*")
         self._show = warnings.showwarning
         warnings.showwarning = self._warning
-        handler = logging.Handler(logging.WARNING)
-        handler.emit = lambda record: self._note(record.getMessage())  # type: ignore[method-assign]
+        handler = _Collect(self._note)
         logging.getLogger().addHandler(handler)
-        logging.getLogger("transformers").addHandler(handler)
+        logging.getLogger("transformers").addHandler(handler)  # transformers' loggers do not propagate
 
     def _warning(self, message, category, filename, lineno, file=None, line=None) -> None:
         self._note(f"{category.__name__}: {message}")
@@ -569,14 +582,18 @@ def pinned_mismatches(env: dict[str, Any]) -> list[str]:
 
 def headline(phases: list[Phase]) -> dict[str, Any]:
     by = {p.name: p.metrics for p in phases if p.status == "ok"}
-    gpu = [m[k] for m in by.values() for k in ("peak_gpu_mib", "peak_gpu_device_mib") if k in m]
+    def peak(key: str) -> float | None:
+        values = [m[key] for m in by.values() if key in m]
+        return max(values) if values else None
+
     return {
         "train_tokens_per_s_lora": by.get("train_lora", {}).get("train_tokens_per_s"),
         "train_tokens_per_s_full": by.get("train_full", {}).get("train_tokens_per_s"),
         "gen_samples_per_s": by.get("synthesize", {}).get("gen_samples_per_s"),
         "gen_tokens_per_s": by.get("synthesize", {}).get("gen_tokens_per_s"),
         "eval_items_per_s": by.get("eval", {}).get("eval_items_per_s"),
-        "peak_gpu_mib": max(gpu) if gpu else None,
+        "peak_gpu_mib": peak("peak_gpu_mib"),  # torch allocator, in-process phases
+        "peak_gpu_device_mib": peak("peak_gpu_device_mib"),  # device-wide growth, subprocesses included
         "peak_rss_mib": peak_rss_mb(),
     }
 

@@ -50,7 +50,7 @@ def test_cpu_smoke_runs_every_path_and_prints_the_figures(tmp_path):
     for key in ("train_tokens_per_s_lora", "train_tokens_per_s_full", "gen_samples_per_s", "gen_tokens_per_s",
                 "eval_items_per_s", "peak_rss_mib"):
         assert s[key] > 0, key
-    assert s["peak_gpu_mib"] is None and s["env"]["device"] == "cpu"
+    assert s["peak_gpu_mib"] is None and s["peak_gpu_device_mib"] is None and s["env"]["device"] == "cpu"
     for name in s["ran"]:
         assert any(row.split()[:2] == [name, "ok"] for row in out.splitlines()), name
     # Everything was written under --out: the model, the fixture, the artifacts.
