@@ -167,6 +167,18 @@ def choose_device(arg: str) -> str:
     return "cuda" if arg in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
 
 
+OUT_MARKER = ".gpu_check_out"
+
+
+def fresh_out(out: Path) -> None:
+    """Empty the work folder, but only one this script made (or an empty one): --out is user input."""
+    if out.exists() and any(out.iterdir()) and not (out / OUT_MARKER).exists():
+        sys.exit(f"gpu_check: --out {out} is a non-empty folder this script did not make; choose another")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    (out / OUT_MARKER).write_text("made by bench/gpu_check.py; emptied by its next run\n")
+
+
 def write_fixture(data_dir: Path) -> None:
     from treesynth.io import write_jsonl
 
@@ -660,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
     device = choose_device(args.device)
     warned = PlacementWarnings()
     shape = args.size or ("135m" if device == "cuda" else "tiny")
-    shutil.rmtree(args.out, ignore_errors=True)
+    fresh_out(args.out)
     model_dir = args.out / "model"
     write_fixture(args.out / "data")
     model = build_model(model_dir, shape)

@@ -130,3 +130,18 @@ def test_auto_precision_prefers_fp16_on_gpus_with_emulated_bf16(monkeypatch):
     assert precision("auto") == "fp16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert precision("auto") == "bf16"
+
+
+def test_out_folder_is_emptied_only_when_the_script_made_it(tmp_path):
+    gc = load("gpu_check")
+    mine = tmp_path / "mine"
+    gc.fresh_out(mine)
+    (mine / "old.txt").write_text("x")
+    gc.fresh_out(mine)
+    assert sorted(p.name for p in mine.iterdir()) == [gc.OUT_MARKER]
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("keep")
+    with pytest.raises(SystemExit, match="did not make"):
+        gc.fresh_out(theirs)
+    assert (theirs / "notes.txt").read_text() == "keep"
