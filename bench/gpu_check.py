@@ -62,7 +62,7 @@ SUMMARY_TAG = "GPU_CHECK_SUMMARY"
 # Llama shapes (hidden, intermediate, layers, heads, kv heads). The vocabulary is the trained tokenizer's.
 SHAPES: dict[str, tuple[int, int, int, int, int]] = {
     "tiny": (64, 128, 2, 4, 2),  # CPU smoke: seconds
-    "135m": (576, 1536, 30, 9, 3),  # SmolLM2-135M's shape (the embedded default model)
+    "135m": (576, 1536, 30, 9, 3),  # SmolLM2-135M's layers and widths (~107M parameters with this vocabulary)
     "1b": (2048, 8192, 16, 32, 8),  # Llama-3.2-1B's shape
 }
 
