@@ -11,7 +11,7 @@ ifneq ($(wildcard ../shared/data),)
 export TREESYNTH_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install install-sandbox install-llama run test test-fast lint bench clean-artifacts
+.PHONY: install install-sandbox install-llama run test test-fast lint bench clean-artifacts gpu-wheels
 
 install: $(STAMP)
 
@@ -73,3 +73,13 @@ lint: install
 
 clean-artifacts:
 	rm -rf artifacts outputs multirun wandb
+
+# Wheels for `bench/gpu_check.sh --wheels .gpu-wheels` on an air-gapped GPU node that has torch,
+# transformers, peft and accelerate (see README, "GPU check"). Needs PyPI here, pip >= 23.1; e.g.
+#   make gpu-wheels PYTHON_VERSION=3.10 GPU_PLATFORM=manylinux_2_28_x86_64 NODE_HAS=pandas,scipy
+PYTHON_VERSION ?= 3.11
+GPU_PLATFORM ?= manylinux_2_28_x86_64
+NODE_HAS ?=
+gpu-wheels:
+	$(PY) bench/gpu_wheels.py --python-version $(PYTHON_VERSION) --platform $(GPU_PLATFORM) --dest .gpu-wheels \
+	  $(if $(NODE_HAS),--node-has $(NODE_HAS))

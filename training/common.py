@@ -77,7 +77,9 @@ def precision(setting: str) -> str:
     if setting == "auto":
         if not cuda:
             return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        # Hardware bf16 only (compute capability >= 8): by default torch also says yes for the slow
+        # emulated bf16 of V100/T4, where fp16 is the fast half precision.
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     if setting not in ("bf16", "fp16", "fp32"):
         raise TreesynthError(f"train.runtime.precision={setting!r}: choose auto, bf16, fp16 or fp32")
     if setting == "fp16" and not cuda:
