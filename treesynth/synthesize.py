@@ -178,6 +178,7 @@ async def _fill(method: Method, teacher: LLM, cfg: DictConfig, size: int, out: P
         "prompts_generated": want,
         "teacher_failed": sum(1 for r in done.values() if r["completion"] is None),
         "teacher_attempts": sum(r["attempts"] for r in done.values()),
+        "teacher_final_line_added": sum(1 for r in done.values() if r.get("final_line")),
         "dropped_by_hygiene": len(answered) - len(kept),
         "unused_records": len(kept) - size,
         **hygiene,
