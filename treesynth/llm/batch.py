@@ -164,6 +164,8 @@ class BatchBackend(Backend):
         self._rng = random.Random()  # jitter only
         self._answers: dict[str, Completion] = {}  # kept answers not yet served in this process
         self._open: dict[str, str] = {}  # key -> recorded unfinished batch holding it
+        self._answered_by: dict[str, str] = {}  # key -> recorded finished batch holding it (not yet read)
+        self._read: set[str] = set()  # finished batches whose results file this process has read
         self._log: JsonlAppender | None = None
         self._load()
 
@@ -180,11 +182,19 @@ class BatchBackend(Backend):
                     latest[k] = row["batch_id"]
             elif row.get("event") == "finished":
                 finished.add(row["batch_id"])
-        for bid in finished & set(latest.values()):
-            for row in iter_jsonl(self.state_dir / f"{bid}.results.jsonl"):
-                if latest.get(row["key"]) == bid:
-                    self._answers[row["key"]] = Completion(**row["completion"])
         self._open = {k: b for k, b in latest.items() if b not in finished}
+        self._answered_by = {k: b for k, b in latest.items() if b in finished}
+
+    def _kept_answer(self, key: str) -> Completion | None:
+        """A finished batch's answer to `key` not yet served by this process (results read on first need:
+        most keys of old batches are in the request cache and never reach the backend)."""
+        bid = self._answered_by.pop(key, None)
+        if bid is not None and bid not in self._read and self.state_dir is not None:
+            self._read.add(bid)
+            for row in iter_jsonl(self.state_dir / f"{bid}.results.jsonl"):
+                if self._answered_by.get(row["key"]) == bid or row["key"] == key:
+                    self._answers[row["key"]] = Completion(**row["completion"])
+        return self._answers.pop(key, None)
 
     def _record(self, row: dict) -> None:
         if self.state_dir is None:
@@ -198,7 +208,7 @@ class BatchBackend(Backend):
         if not batchable(request):
             return await self.online.complete(request)
         key = request.cache_key(self.model)
-        if (kept := self._answers.pop(key, None)) is not None:
+        if (kept := self._kept_answer(key)) is not None:
             return kept  # answered by a batch (this run or one before); a second ask goes to a new batch
         st = self._loop_state()
         if (line := st.waiting.get(key)) is not None:
