@@ -26,10 +26,10 @@ from treesynth.pipeline import run_pipeline, stage_dir
 FAST = {"window_s": 0.1, "poll_s": 0.05}
 
 
-def llm_cfg(srv: StubServer, mode: str = "batch", **batch) -> dict:
+def llm_cfg(srv: StubServer, mode: str = "batch", price: dict | None = None, **batch) -> dict:
     return {"backend": "openai", "model": srv.model, "api_key_env": None,
             "runtime": {"base_urls": [srv.base_url], "mode": mode, "max_retries": 1, "backoff_base_s": 0.01,
-                        "batch": {**FAST, **batch}}}
+                        "price": price, "batch": {**FAST, **batch}}}
 
 
 def requests(n: int, schema: dict | None = None) -> list[ChatRequest]:
@@ -56,8 +56,7 @@ def test_batch_answers_equal_online_and_are_counted(tmp_path):
     with StubServer(batch_delay=0.2) as srv:
         online = run(build_llm(llm_cfg(srv, "online")), reqs)
         assert srv.batches == {} and srv.requests == 20
-        prices = {"prompt": 1.0, "completion": 4.0}
-        llm = build_llm(llm_cfg(srv, price_per_mtok=prices), tmp_path / "cache")
+        llm = build_llm(llm_cfg(srv, price={"input": 1.0, "output": 4.0}), tmp_path / "cache")
         batched = run(llm, reqs)
         assert srv.requests == 20  # nothing more went to the chat endpoint
     assert [c.text for c in batched] == [c.text for c in online]
@@ -121,6 +120,14 @@ def test_error_file_lines_are_retried_then_fail(tmp_path):
         out = run(llm, requests(3))
     assert all(not c.ok and "batch line failed" in c.error for c in out) and len(srv.batches) == 2
     assert llm.stats.as_dict()["batch_failed_lines"] == 3 and llm.stats.errors == 3
+
+
+def test_failed_batch_ends_in_errors_with_the_reason(tmp_path):
+    with StubServer() as srv:  # the stub, like the API, accepts only completion_window=24h
+        llm = build_llm(llm_cfg(srv, completion_window="48h", line_retries=1), tmp_path / "cache")
+        out = run(llm, requests(2))
+    assert [b["status"] for b in srv.batches.values()] == ["failed", "failed"]
+    assert all("failed: completion_window must be 24h" in c.error for c in out)
 
 
 def test_rerun_picks_up_a_batch_in_flight(tmp_path):

@@ -22,8 +22,8 @@ line is paid twice. (The one gap: a kill between the server creating a batch and
 
 Accounting (`transport_stats`, reported in the stage metrics' `llm` block next to the online transport's
 counts): batches created and resumed, lines submitted, answers served from batches, line retries, lines
-failed for good, their tokens, and what the discount saved: tokens always, USD when
-`runtime.batch.price_per_mtok` gives the online prices.
+failed for good, their tokens, and what the discount saved: tokens always, USD when the run is priced
+(`runtime.price`: {input, output} USD per 1M tokens online).
 """
 
 from __future__ import annotations
@@ -66,7 +66,6 @@ class BatchSettings:
     completion_window: str = "24h"
     line_retries: int = 2  # a failed or expired line goes into a new batch this often
     discount: float = 0.5  # batch price = (1 - discount) x online price
-    price_per_mtok: dict[str, float | None] = field(default_factory=lambda: {"prompt": None, "completion": None})
 
     @classmethod
     def of(cls, raw: dict | None) -> BatchSettings:
@@ -79,7 +78,6 @@ class BatchSettings:
         if s.window_s < 0 or s.max_requests < 1 or s.poll_s <= 0 or s.line_retries < 0 or not 0 <= s.discount < 1:
             raise TreesynthError("llm.runtime.batch: window_s >= 0, max_requests >= 1, poll_s > 0, "
                                  "line_retries >= 0 and 0 <= discount < 1 required")
-        s.price_per_mtok = {"prompt": None, "completion": None, **dict(s.price_per_mtok or {})}
         return s
 
 
@@ -89,6 +87,7 @@ class BatchStats:
 
     online: TransportStats
     settings: BatchSettings
+    price: dict[str, float] | None = None  # online USD per 1M tokens {input, output} (llm.runtime.price)
     batches: int = 0  # batches this process created
     batches_resumed: int = 0  # recorded unfinished batches a rerun picked up
     batched_requests: int = 0  # lines submitted (retried lines counted again)
@@ -101,15 +100,14 @@ class BatchStats:
     def as_dict(self) -> dict[str, Any]:
         d = self.settings.discount
         out: dict[str, Any] = {**self.online.as_dict(), **{
-            k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("online", "settings")}}
+            k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("online", "settings", "price")}}
         # Saved = what these tokens would have cost online minus what they cost in a batch.
         saved_p, saved_c = self.batch_prompt_tokens * d, self.batch_completion_tokens * d
         out["batch_discount"] = d
         out["batch_saved_prompt_tokens"] = round(saved_p)
         out["batch_saved_completion_tokens"] = round(saved_c)
-        prices = self.settings.price_per_mtok
-        if prices.get("prompt") is not None and prices.get("completion") is not None:
-            usd = (saved_p * float(prices["prompt"]) + saved_c * float(prices["completion"])) / 1e6
+        if self.price is not None:
+            usd = (saved_p * self.price["input"] + saved_c * self.price["output"]) / 1e6
             out["batch_saved_usd"] = round(usd, 6)
         return out
 
@@ -157,7 +155,7 @@ class BatchBackend(Backend):
         self.model = online.model
         self.answer_retries = online.answer_retries
         self.settings = BatchSettings.of(rt.get("batch"))
-        self.transport_stats = BatchStats(online.transport_stats, self.settings)
+        self.transport_stats = BatchStats(online.transport_stats, self.settings, _price(rt.get("price")))
         self.base_url = online.base_urls[0]  # a batch lives on one account: the first URL
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self._state: _Loop | None = None
@@ -421,6 +419,14 @@ class BatchBackend(Backend):
             if attempt < on.max_retries:
                 await asyncio.sleep(pause if pause is not None else on._backoff(attempt))
         raise _Failed(f"{method} {path} failed after {on.max_retries + 1} attempts; last: {last}")
+
+
+def _price(raw: Any) -> dict[str, float] | None:
+    """`llm.runtime.price` {input, output} in USD per 1M tokens, when both are given."""
+    raw = dict(raw or {})
+    if raw.get("input") is None or raw.get("output") is None:
+        return None
+    return {"input": float(raw["input"]), "output": float(raw["output"])}
 
 
 def _jsonl_line(line: _Line) -> str:

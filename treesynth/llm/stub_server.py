@@ -34,7 +34,8 @@ Counters: `requests` (chat requests received, faults included), `answered`, `max
 `received` (request bodies, in arrival order), `last_authorization`, `faults` (kind -> faulted attempts),
 `fault_candidates` (distinct requests the fault kind applies to, faulted or not).
 Standalone: `python -m treesynth.llm.stub_server --port 8000 --latency 0.2 --slots 64`
-[--fault-kind 500 --fault-rate 0.2 --fault-attempts 1 --hang-s 5].
+[--fault-kind 500 --fault-rate 0.2 --fault-attempts 1 --hang-s 5] [--batch-delay 5 --batch-expire-after N
+--batch-error-rate 0.1].
 """
 
 from __future__ import annotations
@@ -474,10 +475,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fault-rate", type=float, default=0.0, help="fraction of requests faulted")
     p.add_argument("--fault-attempts", type=int, default=1, help="attempts a faulted request fails")
     p.add_argument("--hang-s", type=float, default=5.0, help="a hang fault is answered after this long")
+    p.add_argument("--batch-delay", type=float, default=0.0, help="seconds until a batch finishes")
+    p.add_argument("--batch-expire-after", type=int, default=None, help="a batch answers this many lines, then expires")
+    p.add_argument("--batch-error-rate", type=float, default=0.0, help="fraction of batch lines sent to the error file")
     a = p.parse_args(argv)
     lat: Latency = (a.latency[0], a.latency[1]) if len(a.latency) > 1 else a.latency[0]
     with StubServer(latency=lat, slots=a.slots, seed=a.seed, port=a.port, fault_kind=a.fault_kind,
-                    fault_rate=a.fault_rate, fault_attempts=a.fault_attempts, hang_s=a.hang_s) as srv:
+                    fault_rate=a.fault_rate, fault_attempts=a.fault_attempts, hang_s=a.hang_s,
+                    batch_delay=a.batch_delay, batch_expire_after=a.batch_expire_after,
+                    batch_error_rate=a.batch_error_rate) as srv:
         print(f"stub server at {srv.base_url}", flush=True)
         try:
             threading.Event().wait()
