@@ -32,7 +32,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,7 @@ import aiohttp
 from treesynth.errors import TreesynthError
 from treesynth.io import JsonlAppender, atomic_write_text, iter_jsonl
 from treesynth.llm.base import Backend, ChatRequest, Completion, LLMError, wants_online
-from treesynth.llm.openai_compat import OpenAIBackend, TransportStats, _completion, retry_after_s
+from treesynth.llm.openai_compat import OpenAIBackend, TransportStats, parse_completion, retry_after_s
 
 log = logging.getLogger("treesynth")
 
@@ -129,9 +128,9 @@ class _Failed(Exception):
 @dataclass
 class _Line:
     key: str
-    body: dict
+    jsonl: str  # its line of the batch input file
     future: asyncio.Future
-    attempts: int = 0  # batches this line was submitted in by this process
+    attempts: int = 0  # batches it was submitted in (one by an earlier run counts)
 
 
 @dataclass
@@ -159,7 +158,6 @@ class BatchBackend(Backend):
         self.base_url = online.base_urls[0]  # a batch lives on one account: the first URL
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self._state: _Loop | None = None
-        self._rng = random.Random()  # jitter only
         self._answers: dict[str, Completion] = {}  # kept answers not yet served in this process
         self._open: dict[str, str] = {}  # key -> recorded unfinished batch holding it
         self._answered_by: dict[str, str] = {}  # key -> recorded finished batch holding it (not yet read)
@@ -211,7 +209,7 @@ class BatchBackend(Backend):
         st = self._loop_state()
         if (line := st.waiting.get(key)) is not None:
             return await asyncio.shield(line.future)  # the same request twice at once: one line
-        line = _Line(key, self.online._params(request), st.loop.create_future())
+        line = _Line(key, _jsonl_line(key, self.online.request_body(request)), st.loop.create_future())
         st.waiting[key] = line
         if (bid := self._open.get(key)) is not None:
             line.attempts = 1  # submitted by an earlier run, in flight since: wait for that batch
@@ -243,7 +241,7 @@ class BatchBackend(Backend):
         loop = asyncio.get_running_loop()
         if self._state is None or self._state.loop is not loop:
             # A new loop (generate_sync): the old loop's tasks died with it; recorded batches stay open.
-            session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {self.online._api_key()}"},
+            session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {self.online.api_key()}"},
                                             trust_env=False)
             self._state = _Loop(loop, session)
         return self._state
@@ -275,7 +273,7 @@ class BatchBackend(Backend):
         chunk: list[_Line] = []
         size = 0
         for line in lines:
-            n = len(_jsonl_line(line))
+            n = len(line.jsonl.encode())
             if chunk and (len(chunk) >= self.settings.max_requests or size + n > self.settings.max_bytes):
                 self._spawn(st, self._submit(st, chunk))
                 chunk, size = [], 0
@@ -288,7 +286,7 @@ class BatchBackend(Backend):
         keys = [ln.key for ln in lines]
         digest = keys_digest(keys)
         try:
-            payload = "".join(_jsonl_line(ln) for ln in lines).encode()
+            payload = "".join(ln.jsonl for ln in lines).encode()
             upload = await self._call(st, "POST", "/files", form=lambda: _form(payload, digest))
             batch = await self._call(st, "POST", "/batches", json_body={
                 "input_file_id": upload["id"], "endpoint": ENDPOINT,
@@ -417,7 +415,7 @@ class BatchBackend(Backend):
             except (asyncio.TimeoutError, aiohttp.ClientError, ValueError) as e:
                 last = f"{type(e).__name__}: {e}"
             if attempt < on.max_retries:
-                await asyncio.sleep(pause if pause is not None else on._backoff(attempt))
+                await asyncio.sleep(pause if pause is not None else on.backoff_s(attempt))
         raise _Failed(f"{method} {path} failed after {on.max_retries + 1} attempts; last: {last}")
 
 
@@ -429,8 +427,8 @@ def _price(raw: Any) -> dict[str, float] | None:
     return {"input": float(raw["input"]), "output": float(raw["output"])}
 
 
-def _jsonl_line(line: _Line) -> str:
-    return json.dumps({"custom_id": line.key, "method": "POST", "url": ENDPOINT, "body": line.body}) + "\n"
+def _jsonl_line(key: str, body: dict) -> str:
+    return json.dumps({"custom_id": key, "method": "POST", "url": ENDPOINT, "body": body}) + "\n"
 
 
 def _form(payload: bytes, digest: str) -> aiohttp.FormData:
@@ -456,7 +454,7 @@ def _read_results(text: str, answers: dict[str, Completion], errors: dict[str, s
             continue
         if row.get("error") is None and resp.get("status_code") == 200 and isinstance(resp.get("body"), dict):
             try:
-                answers[key] = _completion(resp["body"])
+                answers[key] = parse_completion(resp["body"])
                 continue
             except (KeyError, IndexError, TypeError):
                 errors[key] = "batch line: malformed response body"
