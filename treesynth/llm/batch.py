@@ -325,6 +325,7 @@ class BatchBackend(Backend):
             st.pollers.pop(bid, None)
 
     async def _poll_until_done(self, st: _Loop, bid: str) -> None:
+        seen = None
         while True:
             try:
                 batch = await self._call(st, "GET", f"/batches/{bid}")
@@ -332,6 +333,9 @@ class BatchBackend(Backend):
                 self._finish(st, bid, "unreachable", {}, f"batch status unavailable: {e}", record=False)
                 return
             status = batch.get("status")
+            if status != seen:  # a batch can take hours: say where it is when that changes
+                log.info("[batch] %s: %s %s", bid, status, batch.get("request_counts") or "")
+                seen = status
             if status in TERMINAL:
                 break
             if status not in ACTIVE:
@@ -362,8 +366,9 @@ class BatchBackend(Backend):
             self._record({"event": "finished", "batch_id": bid, "status": status, "answered": len(answers),
                           "at": time.time()})
         keys = [k for k, b in self._open.items() if b == bid]
-        for k in keys:
-            del self._open[k]
+        if record:  # unreachable: still open, a later ask (or run) polls it again instead of paying twice
+            for k in keys:
+                del self._open[k]
         if status != "unreachable":
             log.info("[batch] %s %s: %d answered, %d to retry", bid, status, len(answers), len(keys) - len(answers))
         for k in keys:
