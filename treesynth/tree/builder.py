@@ -32,7 +32,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from treesynth.errors import TreesynthError
-from treesynth.llm import LLM, ChatRequest, Completion, derive_seed
+from treesynth.llm import LLM, ChatRequest, Completion, derive_seed, online_requests
 from treesynth.methods.base import Checkpoint
 from treesynth.prompts import render
 from treesynth.tasks import TaskSpec, format_attributes
@@ -286,7 +286,8 @@ class TreeBuilder:
         if replayed:
             log.info("[tree] resumed: %d nodes done, %d pending", replayed, len(pending))
         try:
-            await asyncio.gather(*(self._expand(n) for n in pending))
+            with online_requests():  # each call depends on the one before: never wait for a batch
+                await asyncio.gather(*(self._expand(n) for n in pending))
         finally:
             self.events.close()
         return self.tree
