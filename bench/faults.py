@@ -416,10 +416,9 @@ def install_hook(hook: str) -> None:
             if self.path.name == name:
                 count[name] += 1
                 if count[name] == int(nth):
-                    line = json.dumps(row, ensure_ascii=False) + "\n"
-                    self._f.write(line[: len(line) // 2])
-                    self._f.flush()
-                    os.fsync(self._f.fileno())
+                    line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+                    os.write(self._fd, line[: len(line) // 2])  # JsonlAppender writes unbuffered to _fd
+                    os.fsync(self._fd)
                     _die()
             real_append(self, row)
 
