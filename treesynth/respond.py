@@ -26,7 +26,8 @@ async def respond_one(llm: LLM, task: TaskSpec, rec: PromptRecord, seed: int) ->
         completion = task.completion_from(c, rec.sample)
         if completion is not None:
             return completion, attempt + 1, False
-        work = c.text if c.ok else work
+        # a text cut at max_tokens still carries the teacher's work (a weak model rambles to its budget)
+        work = c.text if c.error is None and c.text.strip() else work
     # A free answer that never ended in the format: ask for its final answer alone (profile's final_answer_call).
     req = task.final_answer_request(rec.prompt, rec.sample, work, seed=derive_seed(seed, "final", rec.id))
     if req is not None and (completion := task.with_final_answer(work, await llm.complete(req), rec.sample)):
