@@ -7,7 +7,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from evaluation.harness import run_eval
-from treesynth.datasets import local_data_digest
+from treesynth.benchmarks import benchmark
+from treesynth.datasets import file_digest, local_data_digest, local_path
 from treesynth.errors import TreesynthError
 from treesynth.io import atomic_write_json
 from treesynth.models import resolve_model_path
@@ -21,8 +22,15 @@ def _benchmarks(cfg: DictConfig) -> list[str]:
 
 
 def key_inputs(cfg: DictConfig) -> dict:
-    """The benchmarks' local files by content (part of the artifact key; None: from the hub)."""
-    return {"data": local_data_digest(_benchmarks(cfg), OmegaConf.select(cfg, "data.dir", default=None))}
+    """Part of the artifact key: the benchmarks' local files by content (None: from the hub) and each
+    benchmark's registry entry (a user benchmark: its YAML and its own test file by content)."""
+    data_dir = OmegaConf.select(cfg, "data.dir", default=None)
+    entries = {}
+    for name in _benchmarks(cfg):
+        b = benchmark(name)
+        own = [local_path(s, data_dir) for s in b.test_sources() if s.path is not None]
+        entries[name] = {"entry": b.fingerprint(), "files": [file_digest(p) for p in own if p is not None]}
+    return {"data": local_data_digest(_benchmarks(cfg), data_dir), "benchmarks": entries}
 
 
 def _evaluate(ctx: StageContext, model_path: str, adapter: str | None) -> dict:

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from treesynth.benchmarks import builtin_names, task_names_in_order
 from treesynth.errors import TreesynthError
 from treesynth.export import hub_url, read_exports
 from treesynth.io import atomic_write_bytes, atomic_write_text, iter_jsonl
@@ -68,8 +69,10 @@ METHOD_LABEL = {
     "persona_hub": "Persona Hub",
     "treesynth": "TreeSynth",
 }
-BENCH_ORDER = ("gsm8k", "math", "mbpp", "humaneval", "simpletom")
-TASK_ORDER = ("gsm8k", "math", "code_alpaca", "simpletom")
+# Column order: the registry's (conf/benchmark/*.yaml `order`); a user's or lm-eval's benchmark follows them,
+# by name. Diversity columns follow the same order through each task's first benchmark.
+BENCH_ORDER = tuple(builtin_names())
+TASK_ORDER = tuple(task_names_in_order())
 HUMAN = "human"  # size label of runs at the task's human-set size (the paper's main tables)
 ANY = "-"  # a group slot an observation does not depend on
 DIV_PREFIX = "diversity "
