@@ -195,6 +195,9 @@ def _plan_lm_eval(b: Any, data_dir: Path | None) -> BenchmarkPlan:
                 files[split] = path
         test_split = lm_eval_test_split(cfg)
         overrides = _json_source(files) if test_split in files else {}
+        if overrides:  # splits the task names but the folder lacks: none (zero-shot needs only the test split)
+            overrides.update({k: None for k in ("training_split", "validation_split", "fewshot_split")
+                              if cfg.get(k) and cfg[k] not in files})
         local &= bool(overrides)
         tasks.append(TaskSpec(f"ts_{leaf}", lm_eval_yaml(leaf), overrides))
     group = None
