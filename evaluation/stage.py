@@ -7,8 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from evaluation.harness import run_eval
-from treesynth.benchmarks import benchmark
-from treesynth.datasets import file_digest, local_data_digest, local_path
+from treesynth.datasets import benchmark_digests, local_data_digest
 from treesynth.errors import TreesynthError
 from treesynth.io import atomic_write_json
 from treesynth.models import resolve_model_path
@@ -25,12 +24,8 @@ def key_inputs(cfg: DictConfig) -> dict:
     """Part of the artifact key: the benchmarks' local files by content (None: from the hub) and each
     benchmark's registry entry (a user benchmark: its YAML and its own test file by content)."""
     data_dir = OmegaConf.select(cfg, "data.dir", default=None)
-    entries = {}
-    for name in _benchmarks(cfg):
-        b = benchmark(name)
-        own = [local_path(s, data_dir) for s in b.test_sources() if s.path is not None]
-        entries[name] = {"entry": b.fingerprint(), "files": [file_digest(p) for p in own if p is not None]}
-    return {"data": local_data_digest(_benchmarks(cfg), data_dir), "benchmarks": entries}
+    return {"data": local_data_digest(_benchmarks(cfg), data_dir),
+            "benchmarks": benchmark_digests(_benchmarks(cfg), data_dir)}
 
 
 def _evaluate(ctx: StageContext, model_path: str, adapter: str | None) -> dict:

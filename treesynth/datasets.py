@@ -24,7 +24,7 @@ from treesynth.benchmarks import Source, benchmark, hub_configs_for
 from treesynth.errors import TreesynthError
 from treesynth.io import read_jsonl
 
-__all__ = ["DataUnavailable", "Source", "benchmark_sources", "data_dir", "human_source", "load_human", "load_source",
+__all__ = ["DataUnavailable", "Source", "benchmark_digests", "benchmark_sources", "data_dir", "human_source", "load_human", "load_source",
            "local_data_digest", "local_path", "read_rows", "source_fingerprint"]
 
 
@@ -163,6 +163,18 @@ def local_data_digest(folders: Iterable[str], cfg_dir: str | Path | None = None)
     return {p.relative_to(root).as_posix(): file_digest(p)
             for folder in sorted(set(folders)) if (root / folder).is_dir()
             for p in sorted((root / folder).rglob("*")) if p.is_file()}
+
+
+def benchmark_digests(names: Iterable[str], cfg_dir: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """Per benchmark: its registry entry and the content of a user benchmark's own test file (outside
+    data.dir). Artifact keys that read benchmarks (evaluation; synthesis through decontamination) include
+    it, so an edited benchmark YAML or file never reuses a stale artifact."""
+    out = {}
+    for name in names:
+        b = benchmark(name)
+        own = [local_path(s, cfg_dir) for s in b.test_sources() if s.path is not None]
+        out[name] = {"entry": b.fingerprint(), "files": [file_digest(p) for p in own if p is not None]}
+    return out
 
 
 def benchmark_sources(name: str) -> tuple[Source, ...]:
