@@ -180,7 +180,8 @@ def _plan_user(b: Any, data_dir: Path | None, work: Path) -> BenchmarkPlan:
     if spec.get("until"):  # stop sequences; max_gen_toks is the run's (eval.max_gen_toks)
         overrides["generation_kwargs"] = {"until": [str(u) for u in spec["until"]], "do_sample": False}
     return BenchmarkPlan(b.name, [TaskSpec(f"ts_{b.name}", USER_TASK, overrides)],
-                         source="local" if local_path(src, data_dir) else "hub", metric=b.metric)
+                         source="local" if local_path(src, data_dir) else "hub",
+                         metric="numeric_match" if b.metric == "numeric" else "exact_match")
 
 
 def _plan_lm_eval(b: Any, data_dir: Path | None) -> BenchmarkPlan:
@@ -205,8 +206,10 @@ def _plan_lm_eval(b: Any, data_dir: Path | None) -> BenchmarkPlan:
     if b.spec.get("_lm_eval_kind") == "GROUP":
         group = f"ts_{b.name}"
         group_metrics = list(b.spec.get("aggregate_metric_list") or [])
+    listed = group_metrics or list(b.spec.get("metric_list") or [])
     return BenchmarkPlan(b.name, tasks, group=group, source="local" if local else "hub",
-                         metric=None, group_metrics=group_metrics, code=bool(b.spec.get("unsafe_code")))
+                         metric=listed[0].get("metric") if listed else None, group_metrics=group_metrics,
+                         code=bool(b.spec.get("unsafe_code")))
 
 
 def write_task_yamls(plans: list[BenchmarkPlan], out: Path) -> None:
@@ -313,13 +316,24 @@ def run_eval(eval_cfg: Any, benchmarks: list[str], model_path: str, adapter: str
     out: dict[str, Any] = {"benchmarks": {}, "model": model_path, "adapter": adapter}
     for plan in plans:
         metrics, n = collect_metrics(res, plan)
+        primary = headline_key(plan.metric, metrics)
         out["benchmarks"][plan.benchmark] = {
-            "metrics": metrics, "n": n, **({"primary": plan.metric} if plan.metric else {}),
+            "metrics": metrics, "n": n, **({"primary": primary} if primary else {}),
             "settings": {**settings, "tasks": [t.name for t in plan.tasks], "data": plan.source, **plan.settings,
                          **({"sandbox": sandbox} if plan.code else {})},
         }
         _write_samples(res, plan, out_dir / f"samples_{plan.benchmark}.jsonl")
     return out
+
+
+def headline_key(metric: str | None, metrics: dict[str, float]) -> str | None:
+    """eval.json `primary`: the metric's own key when there is exactly one for it at the top level (an lm-eval
+    filter we do not rank, e.g. bbh's `exact_match_get_answer`), else its bare name (the report then prefers
+    the strict filter)."""
+    if metric is None or metric in metrics:
+        return metric
+    keys = [k for k in metrics if "/" not in k and k.startswith(metric + "_")]
+    return keys[0] if len(keys) == 1 else metric
 
 
 @contextmanager

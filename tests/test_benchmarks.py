@@ -138,7 +138,7 @@ def test_user_benchmark_numeric_with_tolerance_from_csv(tmp_path, monkeypatch):
     lm = ScriptedLM({"Give pi": "about 3.1416", "Give e ": "it is 2.7", "sqrt2": "1.414"})
     res = run_eval(eval_cfg(limit=None), ["consts"], "scripted", None, None, tmp_path / "out", lm=lm)
     c = res["benchmarks"]["consts"]
-    assert c["n"] == 3 and c["primary"] == "numeric" and c["metrics"]["numeric_match"] == pytest.approx(2 / 3)
+    assert c["n"] == 3 and c["primary"] == "numeric_match" and c["metrics"]["numeric_match"] == pytest.approx(2 / 3)
 
 
 def test_user_benchmark_missing_field_is_a_user_error(tmp_path, monkeypatch):
@@ -194,7 +194,7 @@ def test_lm_eval_task_by_name_over_local_files(tmp_path):
     res = run_eval(eval_cfg(limit=None), ["arc_easy"], "scripted", None, str(data), tmp_path / "out",
                    lm=PrefersTwoDigits())
     arc = res["benchmarks"]["arc_easy"]
-    assert arc["n"] == 6 and arc["settings"]["data"] == "local"
+    assert arc["n"] == 6 and arc["settings"]["data"] == "local" and arc["primary"] == "acc"
     assert arc["metrics"]["acc"] == pytest.approx(4 / 6)  # B (two digits) is right in 4 of 6
 
 
@@ -211,6 +211,24 @@ def test_lm_eval_group_by_name_plans_its_tasks(tmp_path):
     plan = plan_benchmark("bbh_cot_fewshot", "chat", None, None, tmp_path)
     assert plan.group == "ts_bbh_cot_fewshot" and len(plan.tasks) == 27 and plan.source == "hub"
     assert plan.group_metrics and plan.group_metrics[0]["metric"] == "exact_match"
+
+
+def test_report_shows_a_user_benchmark_column_after_the_builtins(tmp_path):
+    from treesynth import report
+
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    bench = {"gsm8k": {"metrics": {"exact_match": 0.25}, "n": 4, "primary": "exact_match"},
+             "consts": {"metrics": {"numeric_match": 0.5}, "n": 10, "primary": "numeric_match"},
+             "arc_easy": {"metrics": {"acc": 0.75, "acc_norm": 0.5}, "n": 6, "primary": "acc"}}
+    (run / "summary.json").write_text(json.dumps({
+        "config": {"method": {"name": "temperature"}, "model": {"name": "m"}, "llm": {"model": "g"},
+                   "data": {"size": 2}, "task": {"name": "t", "human_size": None}, "eval": {"num_fewshot": None}},
+        "stages": {"evaluate_base": {"benchmarks": bench}}, "artifacts": {}}))
+    md = report.build_report(tmp_path / "runs", tmp_path / "out").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| method"))
+    assert header == "| method | GSM8K | arc_easy | consts | average |"
+    assert "| zero-shot | 25.00 | 75.00 | 50.00 | 50.00 |" in md
 
 
 def test_scaling_preset_composes_for_a_task_without_a_human_set():
