@@ -85,9 +85,9 @@ def _json_source(files: dict[str, Path]) -> dict[str, Any]:
 
 def _materialize(src: Source, data_dir: Path | None, dst: Path) -> Path | None:
     """The source's local rows (filtered, projected) as one JSONL under the eval folder; None: no local file."""
-    if local_path(src, data_dir) is None:
+    if local_path(src, data_dir, use_env=False) is None:
         return None
-    write_jsonl(dst, load_source(src, data_dir))
+    write_jsonl(dst, load_source(src, data_dir, use_env=False))
     return dst
 
 
@@ -159,7 +159,7 @@ def _plan_user(b: Any, data_dir: Path | None, work: Path) -> BenchmarkPlan:
     spec = b.spec
     src = b.test_parts()[0].source
     try:
-        rows = load_source(src, data_dir)
+        rows = load_source(src, data_dir, use_env=False)
     except DataUnavailable as e:
         raise TreesynthError(f"benchmark {b.name!r}: {e}") from None
     qkey, akey = str(spec.get("question", "question")), str(spec.get("answer", "answer"))
@@ -180,7 +180,7 @@ def _plan_user(b: Any, data_dir: Path | None, work: Path) -> BenchmarkPlan:
     if spec.get("until"):  # stop sequences; max_gen_toks is the run's (eval.max_gen_toks)
         overrides["generation_kwargs"] = {"until": [str(u) for u in spec["until"]], "do_sample": False}
     return BenchmarkPlan(b.name, [TaskSpec(f"ts_{b.name}", USER_TASK, overrides)],
-                         source="local" if local_path(src, data_dir) else "hub",
+                         source="local" if local_path(src, data_dir, use_env=False) else "hub",
                          metric="numeric_match" if b.metric == "numeric" else "exact_match")
 
 

