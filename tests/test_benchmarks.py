@@ -213,6 +213,23 @@ def test_lm_eval_group_by_name_plans_its_tasks(tmp_path):
     assert plan.group_metrics and plan.group_metrics[0]["metric"] == "exact_match"
 
 
+@pytest.mark.parametrize("how", ["--config-dir", "hydra.searchpath"])
+def test_user_benchmark_found_through_an_outside_config_dir(tmp_path, how):
+    """run.py finds <DIR>/benchmark/<name>.yaml through Hydra's search path (here: decontamination uses it)."""
+    conf = tmp_path / "mine"
+    write_user_benchmark(conf / "benchmark")
+    where = ["--config-dir", str(conf)] if how == "--config-dir" else [f"hydra.searchpath=[file://{conf}]"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    env.pop(benchmarks.PATH_ENV, None)
+    proc = subprocess.run([sys.executable, "run.py", *where, "task=gsm8k", "llm=scripted", "method=temperature",
+                           "data.size=2", "task.benchmarks=[capitals]", "stages=[synthesize]",
+                           f"paths.artifacts={tmp_path / 'art'}", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    synth = json.loads((tmp_path / "run" / "summary.json").read_text())["stages"]["synthesize"]
+    assert synth["decontam_benchmarks"] == ["capitals"] and synth["decontam_ngrams"] == 10
+
+
 def test_report_shows_a_user_benchmark_column_after_the_builtins(tmp_path):
     from treesynth import report
 
