@@ -141,6 +141,48 @@ def test_user_benchmark_numeric_with_tolerance_from_csv(tmp_path, monkeypatch):
     assert c["n"] == 3 and c["primary"] == "numeric_match" and c["metrics"]["numeric_match"] == pytest.approx(2 / 3)
 
 
+def test_user_benchmark_from_the_hub(tmp_path, monkeypatch):
+    import datasets
+
+    asked, real = [], datasets.load_dataset
+
+    def load_dataset(path, name=None, split=None, **kw):
+        if path == "json":  # lm-eval reading the harness's local copy
+            return real(path, name, split=split, **kw)
+        asked.append((path, name, split))
+        return [{"question": f"{c}?", "answer": a} for c, a in CAPITALS[:4]]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    folder = tmp_path / "b"
+    folder.mkdir()
+    (folder / "caps.yaml").write_text("test: {hub: {path: my-org/caps, split: validation}}\n"
+                                      "extract: 'regex:Answer: (\\w+)'\n")
+    monkeypatch.setenv(benchmarks.PATH_ENV, str(folder))
+    res = run_eval(eval_cfg(limit=None), ["caps"], "scripted", None, None, tmp_path / "out",
+                   lm=ScriptedLM({"France?": "Answer: Paris", "Japan?": "Answer: Tokyo"}))
+    assert asked == [("my-org/caps", None, "validation")]
+    caps = res["benchmarks"]["caps"]
+    assert caps["n"] == 4 and caps["settings"]["data"] == "hub" and caps["metrics"]["exact_match"] == 0.5
+
+
+def test_user_benchmark_drives_verification(tmp_path, monkeypatch):
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from treesynth.methods import verify
+    from treesynth.profiles import load_profile
+    from treesynth.tasks import load_task
+
+    folder = write_user_benchmark(tmp_path / "b", text=USER_YAML + "verify: self_consistency\n")
+    monkeypatch.setenv(benchmarks.PATH_ENV, str(folder))
+    task = load_task(OmegaConf.load(CONF / "task" / "gsm8k.yaml"), load_profile("constrained"))
+    task = dataclasses.replace(task, benchmarks=("capitals",))
+    assert verify.kind_for(task, "auto") == "self_consistency"
+    b = verify.verified_benchmark(task)
+    assert verify.extract_answer("thinking... Answer: Paris", b) == "paris"
+
+
 def test_user_benchmark_missing_field_is_a_user_error(tmp_path, monkeypatch):
     folder = write_user_benchmark(tmp_path / "b", text=USER_YAML.replace("question: q", "question: country"))
     monkeypatch.setenv(benchmarks.PATH_ENV, str(folder))
