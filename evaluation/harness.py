@@ -97,16 +97,18 @@ def _hub_keys(src: Source, config: str | None = None) -> dict[str, Any]:
             "test_split": hub.get("split", "test")}
 
 
-def plan_benchmark(bench: str, style: str, variant: str | None, data_dir: Path | None, work: Path) -> BenchmarkPlan:
+def plan_benchmark(bench: str, style: str, variant: str | None, data_dir: Path | None, work: Path,
+                   answer_format: str | None = None) -> BenchmarkPlan:
     """Which task YAML(s) evaluate `bench` (a registry entry), and where their data comes from.
-    `variant`: the test set variant (eval.math_split for benchmarks that have variants)."""
+    `variant`: the test set variant (eval.math_split for benchmarks that have variants); `answer_format`:
+    the evaluated task's (a user benchmark without an extractor reads answers with it)."""
     if style not in STYLES:
         raise TreesynthError(f"eval.style={style!r}: choose one of {STYLES}")
     b = benchmark(bench)
     if b.kind == "lm_eval":
         return _plan_lm_eval(b, data_dir)
     if b.kind == "user":
-        return _plan_user(b, data_dir, work)
+        return _plan_user(b, data_dir, work, answer_format)
     name = f"ts_{bench}"
     ref = (b.spec.get("tasks") or {}).get(style)
     if ref is None:
@@ -153,7 +155,7 @@ def plan_benchmark(bench: str, style: str, variant: str | None, data_dir: Path |
     return plan
 
 
-def _plan_user(b: Any, data_dir: Path | None, work: Path) -> BenchmarkPlan:
+def _plan_user(b: Any, data_dir: Path | None, work: Path, answer_format: str | None) -> BenchmarkPlan:
     """A user benchmark: its rows become {question (the rendered prompt), answer, scoring spec} in one
     JSONL under the eval folder, evaluated by the generic treesynth_user task."""
     spec = b.spec
@@ -170,7 +172,7 @@ def _plan_user(b: Any, data_dir: Path | None, work: Path) -> BenchmarkPlan:
             raise TreesynthError(f"benchmark {b.name!r}: row {i + 1} of its test set lacks field "
                                  f"{qkey if qkey not in r else akey!r} (has {sorted(r)}); set question:/answer: in {b.file}")
         out.append({"question": fill(template, {k: str(v) for k, v in r.items()}), "answer": str(r[akey]),
-                    "extract": b.extract, "normalize": b.normalize, "metric": b.metric,
+                    "extract": b.extractor_spec(answer_format), "normalize": b.normalize, "metric": b.metric,
                     "tolerance": float(spec.get("tolerance", 0.0))})
     if not out:
         raise TreesynthError(f"benchmark {b.name!r}: its test set is empty")
@@ -269,9 +271,10 @@ def model_spec(backend: str, model_path: str, adapter: str | None, dtype: str, d
 
 
 def run_eval(eval_cfg: Any, benchmarks: list[str], model_path: str, adapter: str | None,
-             data_dir: str | None, out_dir: Path, lm: Any = None) -> dict:
+             data_dir: str | None, out_dir: Path, lm: Any = None, answer_format: str | None = None) -> dict:
     """Evaluate one model on `benchmarks`; returns the eval.json dict (not yet written).
-    `lm`: an lm-eval LM object to use instead of loading `model_path` (tests of the scoring logic)."""
+    `lm`: an lm-eval LM object to use instead of loading `model_path` (tests of the scoring logic);
+    `answer_format`: the task's `answer.format` (the default extractor of a user benchmark)."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -282,7 +285,7 @@ def run_eval(eval_cfg: Any, benchmarks: list[str], model_path: str, adapter: str
         raise TreesynthError(f"data.dir={data} is not a directory (set TREESYNTH_DATA_DIR or data.dir correctly, or null for the hub)")
     style = eval_cfg.style
     task_dir = out_dir / "tasks"
-    plans = [plan_benchmark(b, style, eval_cfg.math_split, data, task_dir) for b in benchmarks]
+    plans = [plan_benchmark(b, style, eval_cfg.math_split, data, task_dir, answer_format) for b in benchmarks]
     write_task_yamls(plans, task_dir)
     chat = style == "chat" if eval_cfg.apply_chat_template is None else bool(eval_cfg.apply_chat_template)
     model, model_args = (lm, None) if lm is not None else model_spec(

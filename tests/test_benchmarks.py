@@ -165,6 +165,22 @@ def test_user_benchmark_from_the_hub(tmp_path, monkeypatch):
     assert caps["n"] == 4 and caps["settings"]["data"] == "hub" and caps["metrics"]["exact_match"] == 0.5
 
 
+def test_user_benchmark_without_extractor_reads_the_tasks_answer_format(tmp_path, monkeypatch):
+    folder = write_user_benchmark(tmp_path / "b", text="test: {file: capitals.jsonl}\nquestion: q\nanswer: a\n")
+    monkeypatch.setenv(benchmarks.PATH_ENV, str(folder))
+    lm = ScriptedLM({"France": "The capital is Paris.\nAnswer: Paris", "Japan": "Tokyo"})
+    fmt = "Answer: (?P<answer>[A-Za-z .'-]+)"  # NEW_TASK's answer.format
+    res = run_eval(eval_cfg(limit=None), ["capitals"], "scripted", None, None, tmp_path / "out", lm=lm,
+                   answer_format=fmt)
+    assert res["benchmarks"]["capitals"]["metrics"]["exact_match"] == pytest.approx(0.1)  # Tokyo: no `Answer:`
+    res = run_eval(eval_cfg(limit=None), ["capitals"], "scripted", None, None, tmp_path / "whole", lm=lm)
+    assert res["benchmarks"]["capitals"]["metrics"]["exact_match"] == pytest.approx(0.1)  # the whole response: Tokyo
+    cfg = compose_config(["task.benchmarks=[capitals]"], tmp_path)
+    from evaluation.stage import key_inputs
+
+    assert key_inputs(cfg)["answer_format"] == cfg.task.answer.format  # part of the evaluation key
+
+
 def test_user_benchmark_drives_verification(tmp_path, monkeypatch):
     import dataclasses
 

@@ -88,10 +88,18 @@ class Benchmark:
     # ---- answers
     @property
     def extract(self) -> str | None:
+        """The extractor the entry names (a user benchmark without one: see `extractor_spec`)."""
         a = self.spec.get("answer")
         if self.kind == "user":
-            return str(self.spec.get("extract") or "regex:(?s)(.+)")
+            return str(self.spec["extract"]) if self.spec.get("extract") else None
         return str(a["extract"]) if isinstance(a, dict) and a.get("extract") else None
+
+    def extractor_spec(self, answer_format: str | None = None) -> str | None:
+        """The extractor in use: the entry's; for a user benchmark without one, the evaluated task's answer
+        format (`task.answer.format`, its `answer` group), else the whole response."""
+        if self.extract or self.kind != "user":
+            return self.extract
+        return f"regex:{answer_format}" if answer_format else "regex:(?s)(.+)"
 
     @property
     def normalize(self) -> str:
@@ -100,9 +108,10 @@ class Benchmark:
         a = self.spec.get("answer")
         return str(a.get("normalize") or "none") if isinstance(a, dict) else "none"
 
-    def final_answer(self, text: str) -> str | None:
+    def final_answer(self, text: str, answer_format: str | None = None) -> str | None:
         """A text's final answer as this benchmark extracts and normalises it (None: no extractor/answer)."""
-        return answers.final_answer(text, self.extract, self.normalize) if self.extract else None
+        spec = self.extractor_spec(answer_format)
+        return answers.final_answer(text, spec, self.normalize) if spec else None
 
     @property
     def verify(self) -> str | None:

@@ -63,11 +63,12 @@ def kind_for(task: TaskSpec, kind: str) -> str | None:
     return b.verify if b else None
 
 
-def extract_answer(text: str, bench: Benchmark | None) -> str | None:
-    """The completion's final answer as the benchmark extracts and normalises it when scoring; without one,
-    the last \\boxed{} else the `####` number."""
-    if bench is not None and bench.extract:
-        return bench.final_answer(text)
+def extract_answer(text: str, bench: Benchmark | None, answer_format: str | None = None) -> str | None:
+    """The completion's final answer as the benchmark extracts and normalises it when scoring (a user
+    benchmark without an extractor: the task's answer format); without one, the last \\boxed{} else the
+    `####` number."""
+    if bench is not None and bench.extractor_spec(answer_format):
+        return bench.final_answer(text, answer_format)
     return answers.final_answer(text, "boxed", "latex") or answers.final_answer(text, "hash_number", "number")
 
 
@@ -97,10 +98,10 @@ class Verifier:
         self.done = {r["id"]: r for r in self.log.rows()}
 
     async def self_consistency(self, r: dict) -> dict:
-        own = extract_answer(r["completion"], self.bench)
+        own = extract_answer(r["completion"], self.bench, self.task.answer.format)
         reqs = [self.task.response_request(r["prompt"], {}, seed=derive_seed(self.seed, "verify", r["id"], i))
                 for i in range(int(self.v["k"]))]
-        votes = [extract_answer(c, self.bench) for c in map(self.task.completion_from, await self.teacher.generate(reqs)) if c]
+        votes = [extract_answer(c, self.bench, self.task.answer.format) for c in map(self.task.completion_from, await self.teacher.generate(reqs)) if c]
         counts = self._tally(a for a in votes if a is not None)
         top = max(counts.values(), default=0)
         mine = next((a for a in counts if self._same(a, own)), None)
