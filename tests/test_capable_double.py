@@ -102,9 +102,15 @@ def test_a_server_that_ignores_the_schema_answers_in_plain_lists(tmp_path, task)
 def test_whole_chain_over_the_capable_double(tmp_path, task):
     """synthesize -> diversity -> train (2 LoRA steps on SmolLM2) -> evaluate (2 items): long Unicode/LaTeX
     completions reach training whole."""
+    local = []
+    if task == "simpletom":  # no SimpleToM under ../shared/data: our own fixture rows
+        from test_eval_tasks import simpletom_fixture
+
+        simpletom_fixture(tmp_path / "data")
+        local = [f"data.dir={tmp_path / 'data'}"]
     with CapableServer(seed=4) as srv:
         cfg = compose_config([
-            "stages=[synthesize,diversity,train,evaluate]", *srv.llm_overrides(), f"task={task}",
+            "stages=[synthesize,diversity,train,evaluate]", *srv.llm_overrides(), f"task={task}", *local,
             "method=temperature", "data.size=4", "train.max_steps=2", "train.per_device_batch_size=2",
             "eval.limit=2", "eval.max_gen_toks=16", "method.samples_per_call=4",
         ], tmp_path)
