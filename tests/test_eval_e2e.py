@@ -44,10 +44,11 @@ def test_base_model_eval_stage_writes_eval_json(make_cfg):
     assert g["metrics"]["flexible_match"] == pytest.approx(sum(s["flexible_match"] for s in samples) / 3)
 
 
-def test_harness_matches_lm_eval_cli_on_20_gsm8k_items(tmp_path):
-    """Issue check: our harness and lm-eval's CLI, same settings, same 20 items -> same scores."""
+def test_harness_matches_lm_eval_cli_on_10_gsm8k_items(tmp_path):
+    """Issue check: our harness and lm-eval's CLI, same settings, same 10 items -> same scores (20 items in
+    session 1; 10 keep the suite in its budget)."""
     # Two shots and short generations keep it cheap; the settings are identical for both runs.
-    limit, shots, max_toks, batch = 20, 2, 32, 20
+    limit, shots, max_toks, batch = 10, 2, 32, 10
     model = resolve_model_path("embedded")
     cfg = OmegaConf.load(REPO / "conf" / "eval" / "default.yaml")
     cfg.merge_with({"style": "builtin", "limit": limit, "num_fewshot": shots, "max_gen_toks": max_toks, "runtime": {"batch_size": batch}})
