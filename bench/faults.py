@@ -417,9 +417,9 @@ def install_hook(hook: str) -> None:
                 count[name] += 1
                 if count[name] == int(nth):
                     line = json.dumps(row, ensure_ascii=False) + "\n"
-                    self._f.write(line[: len(line) // 2])
-                    self._f.flush()
-                    os.fsync(self._f.fileno())
+                    data = line.encode("utf-8")
+                    os.write(self._fd, data[: len(data) // 2])
+                    os.fsync(self._fd)
                     _die()
             real_append(self, row)
 

@@ -12,7 +12,16 @@ from omegaconf import DictConfig, OmegaConf
 from treesynth.errors import TreesynthError
 from treesynth.llm.base import Backend, ChatRequest, Completion, LLMError
 from treesynth.llm.cache import RequestCache
-from treesynth.llm.client import LLM, LLMStats, derive_seed, parse_json
+from treesynth.llm.client import (
+    LLM,
+    Budget,
+    BudgetExceeded,
+    LLMStats,
+    Price,
+    derive_seed,
+    parse_json,
+    price_of,
+)
 
 # backend name -> "module:Class"; each class takes the llm config as a plain dict.
 BACKENDS = {
@@ -32,16 +41,21 @@ def build_backend(llm_cfg: DictConfig | dict) -> Backend:
     return getattr(importlib.import_module(module), cls)(cfg)
 
 
-def build_llm(llm_cfg: DictConfig | dict, cache_dir: str | Path | None = None) -> LLM:
-    """The generator (or teacher) LLM with a persistent cache under `cache_dir` (None: no cache)."""
+def build_llm(llm_cfg: DictConfig | dict, cache_dir: str | Path | None = None, budget: Budget | None = None) -> LLM:
+    """The generator (or teacher) LLM with a persistent cache under `cache_dir` (None: no cache), priced
+    from its config (`price_of`) and held to `budget` when one is given."""
+    price = price_of(llm_cfg if isinstance(llm_cfg, DictConfig) else OmegaConf.create(llm_cfg))
     backend = build_backend(llm_cfg)
     cache = RequestCache(Path(cache_dir) / "requests.sqlite") if cache_dir else None
-    return LLM(backend, cache)
+    return LLM(backend, cache, price=price, budget=budget)
 
 
 __all__ = [
     "BACKENDS",
     "LLM",
+    "Budget",
+    "BudgetExceeded",
+    "Price",
     "Backend",
     "ChatRequest",
     "Completion",
@@ -52,4 +66,5 @@ __all__ = [
     "build_llm",
     "derive_seed",
     "parse_json",
+    "price_of",
 ]

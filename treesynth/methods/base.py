@@ -12,8 +12,9 @@ killed run resumes without losing or duplicating records; every LLM request carr
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -56,13 +57,20 @@ class Method(ABC):
     async def prompts(self, n: int) -> list[PromptRecord]:
         """The records at stream positions [0, n) that generated successfully, in stream order."""
 
+    async def prompts_between(self, start: int, stop: int) -> list[PromptRecord]:
+        """The records at stream positions [start, stop): what the stage streams through, one chunk at a
+        time. A method that can generate a range without holding the earlier ones overrides this (the
+        call-based baselines do); the default slices the prefix, which is the same records."""
+        before = len(await self.prompts(start)) if start else 0
+        return (await self.prompts(stop))[before:]
+
     def plan(self, size: int) -> dict[str, Any] | None:
         """Expected LLM calls/tokens before anything is spent (method.plan_only); None = not supported."""
         return None
 
-    def finalize(self, records: list[dict]) -> dict[str, Any]:
-        """Called once with the final data.jsonl records: write method artifacts (tree.json, ...) and
-        return metrics for the stage summary."""
+    def finalize(self, records: Iterable[dict]) -> dict[str, Any]:
+        """Called once with the final data.jsonl records (an iterable read from disk, in order): write
+        method artifacts (tree.json, ...) and return metrics for the stage summary."""
         return {}
 
 
@@ -80,6 +88,75 @@ class Checkpoint:
         if self._appender is None:
             self._appender = JsonlAppender(self.path)
         self._appender.append(row)
+
+    def close(self) -> None:
+        if self._appender is not None:
+            self._appender.close()
+            self._appender = None
+
+
+class KeyedLog:
+    """An append-only JSONL checkpoint read by key (`row[key]`) with only key -> byte offset in memory: the
+    rows stay on disk, so a log of a million rows costs a dict of keys. Rows appended since the last
+    `forget()` are also held (the chunk being worked on is read without going to disk)."""
+
+    def __init__(self, path: Path, key: str):
+        self.path, self.key = path, key
+        self.offsets: dict[Any, int] = {}
+        self.recent: dict[Any, dict] = {}
+        self._size = 0
+        self._appender: JsonlAppender | None = None
+        if path.exists():
+            with open(path, "rb") as f:
+                for line in f:
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        break  # a torn last line (killed mid-append): the appender cuts it off
+                    self.offsets[row[key]] = self._size
+                    self._size += len(line)
+
+    def __contains__(self, k: object) -> bool:
+        return k in self.offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, k: Any) -> dict:
+        row = self.recent.get(k)
+        if row is not None:
+            return row
+        with open(self.path, "rb") as f:
+            f.seek(self.offsets[k])
+            return json.loads(f.readline())
+
+    def get_many(self, keys: Iterable[Any]) -> dict[Any, dict]:
+        """Rows for these keys in one pass over the file (keys not in the log are left out)."""
+        keys = list(keys)
+        out = {k: self.recent[k] for k in keys if k in self.recent}
+        wanted = sorted((self.offsets[k], k) for k in keys if k in self.offsets and k not in out)
+        if wanted:
+            with open(self.path, "rb") as f:
+                for offset, k in wanted:
+                    f.seek(offset)
+                    out[k] = json.loads(f.readline())
+        return out
+
+    def values(self) -> Iterator[dict]:
+        return iter_jsonl(self.path) if self.path.exists() else iter(())
+
+    def append(self, row: dict) -> None:
+        if self._appender is None:
+            self._appender = JsonlAppender(self.path)
+        self._appender.append(row)
+        k = row[self.key]
+        self.offsets[k] = self._size
+        self.recent[k] = row
+        self._size += len((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))  # as the appender wrote it
+
+    def forget(self) -> None:
+        """Drop the rows held in memory (they stay readable from disk)."""
+        self.recent.clear()
 
     def close(self) -> None:
         if self._appender is not None:
