@@ -58,9 +58,16 @@ CHUNK = 4096  # stream positions per chunk (data.runtime.chunk): bounds what is 
 COST_FILE = "cost.json"  # what the runs of this artifact spent, for llm.runtime.budget_usd
 
 
-def apply_hygiene(prompts: list[PromptRecord], hygiene: Hygiene) -> list[PromptRecord]:
-    """Prompt-level dedup + decontamination of one chunk, in stream order: the prompts the teacher gets."""
-    return [p for p in prompts if hygiene.check({"prompt": p.prompt, **p.sample}) is None]
+async def apply_hygiene(prompts: list[PromptRecord], hygiene: Hygiene) -> list[PromptRecord]:
+    """Prompt-level dedup + decontamination of one chunk, in stream order: the prompts the teacher gets.
+    Yields to the event loop every few records, so answers in flight are taken in meanwhile."""
+    kept = []
+    for i, p in enumerate(prompts):
+        if hygiene.check({"prompt": p.prompt, **p.sample}) is None:
+            kept.append(p)
+        if i % 32 == 31:
+            await asyncio.sleep(0)
+    return kept
 
 
 async def apply_verify(records: list[dict], teacher: LLM, env: MethodEnv, cfg: DictConfig) -> tuple[list[dict], dict]:
@@ -269,7 +276,7 @@ async def _fill(method: Method, teacher: LLM, cfg: DictConfig, size: int, data_p
                     stop = start + _chunk(size, kept, tried, chunk_max)
                     prompts = await method.prompts_between(start, stop)
                 tried = stop
-                fresh = apply_hygiene(prompts, hygiene)
+                fresh = await apply_hygiene(prompts, hygiene)
                 if kept + len(fresh) < size and stop < max_positions:  # needed whatever the teacher does
                     nxt = stop + _chunk(size, kept + len(fresh), stop, chunk_max)
                     pending = (asyncio.ensure_future(method.prompts_between(stop, nxt)), stop, nxt)
@@ -278,6 +285,7 @@ async def _fill(method: Method, teacher: LLM, cfg: DictConfig, size: int, data_p
                     batch = fresh[i : i + (size - kept)]  # never more teacher calls than records missing
                     i += len(batch)
                     done = await respond(teacher, env.task, batch, env.seed, responses)
+                    responses.forget()  # `done` has this batch's rows; the log keeps offsets only
                     rows = []
                     for p in batch:
                         if p.completion is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -33,7 +33,8 @@ class ChatRequest:
 
     def cache_key(self, model: str) -> str:
         """Everything that changes the output: model, messages, sampling, seed, schema."""
-        payload = {"model": model, **asdict(self)}
+        # the fields by hand: asdict() deep-copies the schema, a third of a millisecond per request
+        payload = {"model": model, **{f.name: getattr(self, f.name) for f in fields(self)}}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

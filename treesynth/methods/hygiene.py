@@ -158,11 +158,15 @@ class NearDupIndex:
         # band content -> text index(es); keyed by hash(), not the bytes (64 bytes a band): collisions
         # only add candidates, which the signature comparison then rejects
         self.buckets: list[dict[int, int | list[int]]] = [{} for _ in self.bands]
+        self._template = None
 
     def signature(self, text: str) -> np.ndarray:
         from datasketch import MinHash
 
-        m = MinHash(num_perm=self.num_perm, seed=1)
+        if self._template is None:  # drawing the permutations is most of a MinHash's cost: once
+            self._template = MinHash(num_perm=self.num_perm, seed=1)
+        t = self._template
+        m = MinHash(num_perm=self.num_perm, seed=1, permutations=t.permutations, scheme=t.scheme)
         m.update_batch(list(shingles(text)))
         return m.hashvalues.astype(np.uint32)
 
