@@ -166,3 +166,22 @@ def test_near_dup_index_matches_the_list_dedup():
     assert [index.add(t) for t in texts] == [None, "exact", "near", None]
     kept, exact, near = dedup([{"prompt": t} for t in texts], 0.85)
     assert len(kept) == 2 and (exact, near) == (1, 1)
+
+
+def test_report_costs_each_dataset_once(tmp_path):
+    from treesynth.report import Run, cost_section
+    from treesynth.summary import format_summary
+
+    def run(method: str, model: str, cost: float, artifact: str) -> Run:
+        cfg = {"method": {"name": method}, "llm": {"model": "gpt-4o"}, "model": {"name": model}, "data": {"size": 100}}
+        return Run(tmp_path / f"{method}-{model}.json", {"config": cfg, "artifacts": {"synthesize": artifact},
+                                                          "stages": {"synthesize": {"records": 100, "cost_usd": cost}}})
+
+    # two fine-tuned models trained on one treesynth dataset: its cost is listed once
+    runs = [run("treesynth", "a", 12.5, "/art/t"), run("treesynth", "b", 12.5, "/art/t"),
+            run("temperature", "a", 3.25, "/art/u")]
+    lines = "\n".join(cost_section(runs)).splitlines()
+    table = [line for line in lines if line.startswith("| gpt-4o")]
+    assert len(table) == 2  # in the report's method order
+    assert any("TreeSynth" in t and "12.50" in t for t in table) and any("temperature" in t and "3.25" in t for t in table)
+    assert "cost_usd=$12.5000" in format_summary({"stages": {"synthesize": {"records": 100, "cost_usd": 12.5}}})
