@@ -185,3 +185,22 @@ def test_report_costs_each_dataset_once(tmp_path):
     assert len(table) == 2  # in the report's method order
     assert any("TreeSynth" in t and "12.50" in t for t in table) and any("temperature" in t and "3.25" in t for t in table)
     assert "cost_usd=$12.5000" in format_summary({"stages": {"synthesize": {"records": 100, "cost_usd": 12.5}}})
+
+
+def test_training_progress_reports_steps_and_loss(caplog):
+    from types import SimpleNamespace
+
+    from training.common import TrainProgress
+
+    state = SimpleNamespace(is_world_process_zero=True, max_steps=10, global_step=0)
+    cb = TrainProgress()
+    with caplog.at_level(logging.INFO, logger="treesynth"):
+        cb.on_train_begin(None, state, None)
+        for step in range(1, 5):
+            state.global_step = step
+            cb.on_log(None, state, None, logs={"loss": 2.0 / step})
+            cb.on_step_end(None, state, None)
+        line = cb.progress.line()
+        cb.on_train_end(None, state, None)
+    assert line.startswith("[train] steps 4/10 (40%)") and "loss 0.5000" in line
+    assert any(r.getMessage().startswith("[train] steps 4/10") for r in caplog.records)

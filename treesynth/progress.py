@@ -10,6 +10,7 @@ still reports. `progress.bar`: auto (bar on a TTY) | always | never. The totals 
 from __future__ import annotations
 
 import logging
+import resource
 import sys
 import threading
 import time
@@ -19,6 +20,7 @@ from typing import Any
 log = logging.getLogger("treesynth")
 
 DEFAULT_EVERY_S = 30.0
+_configured: dict[str, Any] = {"every_s": DEFAULT_EVERY_S, "bar": "auto"}  # set once per stage by configure()
 
 
 def settings(cfg: Any) -> tuple[float, str]:
@@ -32,6 +34,12 @@ def settings(cfg: Any) -> tuple[float, str]:
 
         raise TreesynthError(f"progress.every_s must be > 0, got {every}")
     return every, bar
+
+
+def configure(cfg: Any) -> None:
+    """Make the run's `progress` settings the default of every Progress in this process (the stage calls
+    it; code deep inside a stage, e.g. the tree builder, then needs no config)."""
+    _configured["every_s"], _configured["bar"] = settings(cfg)
 
 
 def _duration(seconds: float) -> str:
@@ -53,12 +61,13 @@ class Progress:
     cost are summed into every line; `extra()`: more fields for the line (e.g. nodes pending)."""
 
     def __init__(self, name: str, total: int | None = None, unit: str = "records", *, llms: Iterable[Any] = (),
-                 every_s: float = DEFAULT_EVERY_S, bar: str = "auto",
+                 every_s: float | None = None, bar: str | None = None,
                  extra: Callable[[], dict[str, Any]] | None = None):
         self.name, self.total, self.unit = name, total, unit
         given = [x for x in llms if x is not None]
         self.llms = [x for i, x in enumerate(given) if all(x is not y for y in given[:i])]  # generator may be teacher
-        self.every_s = every_s
+        self.every_s = float(every_s if every_s is not None else _configured["every_s"])
+        bar = bar if bar is not None else str(_configured["bar"])
         self.extra = extra
         self.done = 0
         self.lines = 0
@@ -125,6 +134,7 @@ class Progress:
         llm = self._llm_part()
         if llm:
             parts.append(llm)
+        parts.append(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
         parts.append(f"elapsed {_duration(elapsed)}")
         if self.total and 0 < self.done < self.total and rate > 0:
             parts.append(f"ETA {_duration((self.total - self.done) / rate)}")

@@ -46,7 +46,7 @@ from treesynth.methods.verify import verify_records
 from treesynth.pipeline import StageContext
 from treesynth.profiles import used_profiles
 from treesynth.progress import Progress
-from treesynth.progress import settings as progress_settings
+from treesynth.progress import configure as configure_progress
 from treesynth.respond import respond, response_log
 from treesynth.tasks import TaskSpec, task_of
 
@@ -208,8 +208,8 @@ async def synthesize(cfg: DictConfig, out: Path) -> dict[str, Any]:
     budget = budget_of(cfg, out)
     llm = build_llm(cfg.llm, cache_dir, budget)
     teacher = llm if cfg.get("teacher") is None else build_llm(cfg.teacher, cache_dir, budget)
-    every_s, bar = progress_settings(cfg)
-    progress = Progress("synthesize", size, "records", llms=(llm, teacher), every_s=every_s, bar=bar)
+    configure_progress(cfg)
+    progress = Progress("synthesize", size, "records", llms=(llm, teacher))
     try:
         await llm.backend.health_check()
         if teacher is not llm:
