@@ -54,8 +54,12 @@ def test_teacher_is_never_asked_about_a_prompt_hygiene_drops(tmp_path, monkeypat
     assert metrics["dropped_by_hygiene"] == metrics["exact_duplicates"] + metrics["near_duplicates"]
 
 
-def test_budget_stops_cleanly_then_resumes_without_paying_twice(tmp_path, monkeypatch, caplog):
-    price = ["llm.runtime.price.input=1000", "llm.runtime.price.output=1000"]  # $0.001 a token: a few cents a call
+TREE = ["method=treesynth", "method.pivots=3", "method.max_depth=2", "method.max_children=3"]
+
+
+@pytest.mark.parametrize("method", [[], TREE], ids=["temperature", "treesynth"])
+def test_budget_stops_cleanly_then_resumes_without_paying_twice(tmp_path, monkeypatch, method):
+    price = ["llm.runtime.price.input=1000", "llm.runtime.price.output=1000", *method]  # $0.001 a token
     full = compose_config([*TEMP, "data.size=20", *price], tmp_path / "ref")
     reference = run_stage(full, "synthesize")
     need = reference["cost_usd"]

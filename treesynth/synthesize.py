@@ -219,8 +219,9 @@ async def synthesize(cfg: DictConfig, out: Path) -> dict[str, Any]:
         with _atomic_file(out / "data.jsonl") as partial:
             counts = await _fill(method, teacher, cfg, size, partial, progress)
     except BudgetExceeded as e:
+        await _drain_in_flight()
         progress.close()
-        log.info("[synthesize] %s", progress.line())
+        log.info("%s", progress.line())
         raise TreesynthError(f"stopped: {e}") from None
     finally:
         progress.close()
@@ -238,6 +239,18 @@ async def synthesize(cfg: DictConfig, out: Path) -> dict[str, Any]:
     metrics["progress"] = progress.totals()
     log.info("[synthesize] %d records -> %s (LLM: %s)", size, out / "data.jsonl", llm.stats.as_dict())
     return metrics
+
+
+async def _drain_in_flight(timeout_s: float = 300.0) -> None:
+    """Let the calls still in flight (tasks a gather left running when the budget stopped it) finish, so
+    their answers reach the request cache and the checkpoints: a paid call is never lost. The budget
+    refuses every new call, so each task ends at its next request at the latest."""
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    if others:
+        done, _ = await asyncio.wait(others, timeout=timeout_s)
+        for t in done:  # their errors (the same budget stop) are retrieved here, not reported as lost
+            if not t.cancelled():
+                t.exception()
 
 
 def _chunk(size: int, kept: int, tried: int, chunk_max: int) -> int:
