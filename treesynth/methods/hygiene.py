@@ -5,7 +5,7 @@ test sets (word n-gram overlap, default 13-gram).
 `Hygiene(cfg)` is the streaming form the stage uses: records go through `check(record)` one at a time in
 stream order (a duplicate loses to its first occurrence, so records kept earlier stay kept when the stage
 refills), and what it keeps per record is small: an 8-byte digest of the normalized prompt, the MinHash
-signature (uint32 x num_perm) in one growing array and the LSH band buckets. `check` runs on the prompt
+signature (uint32 x num_perm) in fixed blocks and the LSH band buckets. `check` runs on the prompt
 BEFORE the teacher is asked (dedup, and decontamination of the configured fields other than the
 completion); `check_completion` applies decontamination to the completion when `fields` names it.
 `filter_records(records, cfg)` is the same over a list. Config: `data.hygiene`.
@@ -146,6 +146,8 @@ class NearDupIndex:
     diversity metric uses) >= threshold, found through LSH band buckets (datasketch's optimal bands for
     the threshold) and confirmed on the signatures."""
 
+    BLOCK = 8192
+
     def __init__(self, threshold: float, num_perm: int = 128):
         from datasketch.lsh import _optimal_param
 
@@ -153,7 +155,9 @@ class NearDupIndex:
         bands, rows = _optimal_param(threshold, num_perm, 0.5, 0.5)
         self.bands = [(i * rows, (i + 1) * rows) for i in range(bands)]
         self.exact: set[int] = set()
-        self.signatures = np.zeros((1024, num_perm), dtype=np.uint32)
+        # signatures in fixed blocks of BLOCK rows: growing never copies (a doubling array would hold the
+        # old and the new copy at once, 1.5x the index at the peak)
+        self.blocks: list[np.ndarray] = []
         self.size = 0
         # band content -> text index(es); keyed by hash(), not the bytes (64 bytes a band): collisions
         # only add candidates, which the signature comparison then rejects
@@ -183,14 +187,14 @@ class NearDupIndex:
             if hit is not None:
                 candidates.update(hit if isinstance(hit, list) else (hit,))
         if candidates:
-            found = self.signatures[sorted(candidates)]
+            found = np.stack([self.blocks[j // self.BLOCK][j % self.BLOCK] for j in sorted(candidates)])
             if float(np.max(np.mean(found == sig, axis=1))) >= self.threshold:
                 return "near"
         self.exact.add(digest)
-        if self.size == len(self.signatures):
-            self.signatures = np.concatenate([self.signatures, np.zeros_like(self.signatures)])
         i = self.size
-        self.signatures[i] = sig
+        if i % self.BLOCK == 0:
+            self.blocks.append(np.empty((self.BLOCK, self.num_perm), dtype=np.uint32))
+        self.blocks[-1][i % self.BLOCK] = sig
         self.size += 1
         for bucket, key in zip(self.buckets, keys, strict=True):
             hit = bucket.get(key)
