@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -72,7 +73,12 @@ def run_size(size: int, port: int, slots: int, root: Path, extra: list[str]) -> 
     art.mkdir(parents=True)
     with open(log_path, "w") as log:
         proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
     wall = time.monotonic() - t0
     if status != 0:
         raise SystemExit(f"size {size} failed ({status}); see {log_path}:\n{log_path.read_text()[-2000:]}")
@@ -95,6 +101,7 @@ def main() -> None:
     if a.serve:
         serve(a.serve, a.latency, a.slots)
         return
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still stops the children (finally below)
     port = free_port()
     server = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--latency", str(a.latency),
                                "--slots", str(a.slots)], stdout=subprocess.PIPE, text=True,
