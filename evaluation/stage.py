@@ -7,7 +7,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from evaluation.harness import run_eval
-from treesynth.datasets import local_data_digest
+from treesynth.benchmarks import benchmark
+from treesynth.datasets import benchmark_digests, local_data_digest
 from treesynth.errors import TreesynthError
 from treesynth.io import atomic_write_json
 from treesynth.models import resolve_model_path
@@ -21,14 +22,27 @@ def _benchmarks(cfg: DictConfig) -> list[str]:
 
 
 def key_inputs(cfg: DictConfig) -> dict:
-    """The benchmarks' local files by content (part of the artifact key; None: from the hub)."""
-    return {"data": local_data_digest(_benchmarks(cfg), OmegaConf.select(cfg, "data.dir", default=None))}
+    """Part of the artifact key: the benchmarks' local files by content (None: from the hub) and each
+    benchmark's registry entry (a user benchmark: its YAML and its own test file by content)."""
+    data_dir = OmegaConf.select(cfg, "data.dir", default=None)
+    return {"data": local_data_digest(_benchmarks(cfg), data_dir),
+            "benchmarks": benchmark_digests(_benchmarks(cfg), data_dir),
+            "answer_format": _answer_format(cfg)}
+
+
+def _answer_format(cfg: DictConfig) -> str | None:
+    """The task's answer format when a user benchmark without its own extractor reads answers with it."""
+    fmt = OmegaConf.select(cfg, "task.answer.format", default=None)
+    if any(b.kind == "user" and not b.extract for b in map(benchmark, _benchmarks(cfg))):
+        return fmt
+    return None
 
 
 def _evaluate(ctx: StageContext, model_path: str, adapter: str | None) -> dict:
     cfg = ctx.cfg
     data_dir = OmegaConf.select(cfg, "data.dir", default=None)
-    result = run_eval(cfg.eval, _benchmarks(cfg), model_path, adapter, data_dir, ctx.dir)
+    result = run_eval(cfg.eval, _benchmarks(cfg), model_path, adapter, data_dir, ctx.dir,
+                      answer_format=OmegaConf.select(cfg, "task.answer.format", default=None))
     atomic_write_json(ctx.dir / EVAL_FILE, result)
     return result
 

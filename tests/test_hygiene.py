@@ -10,6 +10,7 @@ from pathlib import Path
 
 from conftest import REPO, compose_config
 
+from treesynth.benchmarks import benchmark
 from treesynth.io import read_jsonl
 from treesynth.llm import LLM
 from treesynth.llm.scripted import ScriptedBackend
@@ -78,9 +79,10 @@ def test_copied_benchmark_questions_are_removed_and_refilled(tmp_path, monkeypat
 
 
 def test_extract_answer_normalizes():
-    assert extract_answer("so\n#### 1,200") == "1200" == extract_answer("$\\boxed{1200.0}$.")
-    assert extract_answer("The final answer is $\\boxed{\\frac{1}{2}}$.") == "\\frac{1}{2}"
-    assert extract_answer("no answer") is None
+    assert extract_answer("so\n#### 1,200", benchmark("gsm8k")) == "1200" == extract_answer("#### 1200.0", benchmark("gsm8k"))
+    assert extract_answer("The final answer is $\\boxed{\\frac{1}{2}}$.", benchmark("math")) == "\\frac{1}{2}"
+    assert extract_answer("no answer", benchmark("math")) is None
+    assert extract_answer("so\n#### 1,200", None) == "1200"  # a task without a verified benchmark
 
 
 def test_self_consistency_keeps_majority_agreement(tmp_path):

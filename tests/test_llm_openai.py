@@ -267,7 +267,7 @@ def llama_server() -> str:
 
     port = free_port()
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf()), "--model_alias", "smollm2",
-           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--verbose", "False"]
+           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "2", "--verbose", "False"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "2"})
     url = f"http://127.0.0.1:{port}/v1"
@@ -316,6 +316,38 @@ def test_llama_cpp_server_round_trip(llama_server: str, tmp_path: Path) -> None:
     again = ask(llm2, *reqs)
     assert [c.text for c in again] == [c.text for c in out] and all(c.cached for c in again if c.ok)
     assert len(cache) == sum(c.ok for c in out)
+
+
+LLAMA_SYNTHESIS = [
+    # the README's example: a small model behind llama-cpp-python's server gets the constrained profile
+    ["llm.profile=constrained", "method=treesynth", "method.max_depth=1", "method.pivots=3", "data.size=4"],
+    # the open profile on the same weak model still finishes (final-answer calls, refill); short budgets
+    ["method=temperature", "method.samples_per_call=2", "data.size=2",
+     "+llm.profile_overrides.response.max_tokens=200", "+llm.profile_overrides.response.retries=1"],
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides", LLAMA_SYNTHESIS, ids=["constrained-treesynth", "open-temperature"])
+def test_whole_synthesis_over_llama_cpp_server(llama_server: str, tmp_path: Path, overrides: list[str]) -> None:
+    """A whole synthesis over the real server: exactly data.size records, each in the answer format. The
+    harness sends schemas in a spelling the server's grammar converter handles (gbnf_safe) and validates
+    every answer itself."""
+    from conftest import compose_config
+
+    from treesynth.io import read_jsonl
+    from treesynth.pipeline import run_stage, stage_dir
+    from treesynth.tasks import task_of
+
+    cfg = compose_config(["stages=[synthesize]", "task=gsm8k", "llm=openai", "llm.model=smollm2", "llm.api_key_env=null",
+                          "llm.schema_style=json_object", f"llm.runtime.base_urls=[{llama_server}]",
+                          "llm.runtime.max_concurrency=2", "llm.runtime.timeout_s=300", *overrides], tmp_path)
+    metrics = run_stage(cfg, "synthesize")
+    rows = read_jsonl(stage_dir(cfg, "synthesize") / "data.jsonl")
+    task = task_of(cfg)
+    assert len(rows) == int(cfg.data.size) == metrics["records"]
+    assert all(task.ends_in_answer_format(r["completion"]) for r in rows)
+    assert metrics["llm"]["connection_errors"] == 0  # the server survived every grammar we sent
 
 
 def test_schema_styles() -> None:

@@ -6,6 +6,7 @@ the human-data conversion, persona sources and resume."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -18,7 +19,7 @@ from treesynth.errors import TreesynthError
 from treesynth.io import read_jsonl
 from treesynth.llm.scripted import ScriptedBackend
 from treesynth.methods.evol_instruct import elimination_reason
-from treesynth.methods.human import convert
+from treesynth.methods.human import convert, converter_for
 from treesynth.pipeline import run_stage, stage_dir
 from treesynth.profiles import load_profile
 from treesynth.tasks import load_task, task_of
@@ -83,15 +84,28 @@ def task(name: str):
     return load_task(OmegaConf.load(CONF / "task" / f"{name}.yaml"), load_profile("constrained"))
 
 
+def _convert(name: str, row: dict) -> str | None:
+    t = task(name)
+    return convert(t, row, converter_for(t))  # the converter its benchmark's registry entry names
+
+
 def test_human_conversion_into_answer_formats():
-    gsm = convert(task("gsm8k"), {"answer": "5*2=<<5*2=10>>10 dollars.\n#### 1,010"})
+    gsm = _convert("gsm8k", {"answer": "5*2=<<5*2=10>>10 dollars.\n#### 1,010"})
     assert gsm == "5*2=10 dollars.\n#### 1010"
-    math = convert(task("math"), {"solution": "So $x=\\boxed{\\frac{1}{2}}$ works, as checked."})
+    math = _convert("math", {"solution": "So $x=\\boxed{\\frac{1}{2}}$ works, as checked."})
     assert math.endswith("The final answer is $\\boxed{\\frac{1}{2}}$.") and math.startswith("So $x=")
-    assert convert(task("math"), {"solution": "no box"}) is None
-    code = convert(task("code_alpaca"), {"output": "```python\ndef f():\n    return 1\n```"})
+    assert _convert("math", {"solution": "no box"}) is None
+    code = _convert("code_alpaca", {"output": "```python\ndef f():\n    return 1\n```"})
     assert code == "```python\ndef f():\n    return 1\n```"
-    assert convert(task("code_alpaca"), {"output": "def g(x):\n    return x"}) == "```python\ndef g(x):\n    return x\n```"
+    assert _convert("code_alpaca", {"output": "def g(x):\n    return x"}) == "```python\ndef g(x):\n    return x\n```"
+
+
+def test_human_completion_template_is_the_text_converted():
+    """task.human.completion names the row's text the converter reads (it used to be ignored for gsm8k)."""
+    t = task("gsm8k")
+    t = dataclasses.replace(t, human={**t.human, "completion": "{worked}"})
+    assert convert(t, {"answer": "ignored", "worked": "2+2=4\n#### 4"}, converter_for(t)) == "2+2=4\n#### 4"
+    assert convert(t, {"answer": "1+1=2\n#### 2"}, converter_for(t)) is None
 
 
 def test_human_subsample_is_seeded_and_simpletom_has_none(tmp_path):
@@ -182,6 +196,9 @@ def test_baseline_on_embedded_model(tmp_path, method, task, extra):
 # The Hugging Face hub is unreachable here; on a user's machine it is the default source. These tests put a
 # fake `datasets.load_dataset` in its place that serves rows in each hub dataset's own schema, so what is
 # checked is our side: which dataset, config and split we ask for, and how its rows are converted.
+# EleutherAI/hendrycks_math has one config per subject and none by default.
+MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
+                 "prealgebra", "precalculus")
 HUB_ROWS = {
     ("proj-persona/PersonaHub", "persona", "train"): [{"persona": f"A retired {job} who teaches evening classes"}
                                                       for job in ("baker", "sailor", "surveyor", "pharmacist")],
@@ -195,7 +212,12 @@ HUB_ROWS = {
          "answer": "He has 3 + 2 = <<3+2=5>>5 apples.\n#### 5"},
         {"question": "A box holds 4 pens. How many pens are in 3 boxes?", "answer": "3 * 4 = <<3*4=12>>12\n#### 12"},
     ],
+    **{("EleutherAI/hendrycks_math", subject, "train"): [
+        {"problem": f"A {subject} problem: what is $1+{i}$?", "solution": f"It is $\\boxed{{{1 + i}}}$.",
+         "level": "Level 1", "type": subject}] for i, subject in enumerate(MATH_SUBJECTS)},
 }
+# Datasets made of one config per part: asking without a config name fails, as the real hub does.
+CONFIG_REQUIRED = {"EleutherAI/hendrycks_math", "allenai/SimpleToM"}
 
 
 @pytest.fixture
@@ -206,6 +228,8 @@ def fake_hub(monkeypatch):
 
     def load_dataset(path, name=None, split=None, **kw):
         asked.append((path, name, split))
+        if path in CONFIG_REQUIRED and name is None:
+            raise ValueError(f"Config name is missing. Please pick one among the available configs for {path}")
         if (path, name, split) not in HUB_ROWS:
             raise ConnectionError(f"{path} is not served by this fake hub")
         return list(HUB_ROWS[(path, name, split)])
@@ -234,11 +258,28 @@ def test_human_training_set_from_the_hub(tmp_path, fake_hub, task, hub_id):
         assert all("<<" not in r["completion"] for r in rows)
 
 
+def test_human_math_from_the_hub_asks_for_every_subject_config(tmp_path, fake_hub):
+    rows, metrics, _ = _run(tmp_path, "llm=scripted", "method=human", "task=math", "data.dir=null", "data.size=7")
+    asked = [(name, split) for path, name, split in fake_hub if path == "EleutherAI/hendrycks_math"]
+    assert {name for name, split in asked if split == "train"} == set(MATH_SUBJECTS)
+    assert all(name is not None for name, _ in asked)  # decontamination's test-split requests too
+    assert len(rows) == 7 and all(r["completion"].endswith("$.") for r in rows)
+
+
+def test_a_refused_hub_request_is_not_blamed_on_the_network(fake_hub):
+    from treesynth.datasets import DataUnavailable, Source, load_source
+
+    src = Source("math/human", None, {"path": "EleutherAI/hendrycks_math", "split": "train"})  # no config
+    with pytest.raises(DataUnavailable, match="refused the request.*Config name is missing") as e:
+        load_source(src)
+    assert "unreachable" not in str(e.value)
+
+
 def test_an_unreachable_hub_dataset_is_tried_once_per_process(fake_hub):
     from treesynth.datasets import DataUnavailable, Source, load_source
 
     src = Source("nowhere/test", None, {"path": "nowhere/dataset", "split": "test"})
     for _ in range(2):
-        with pytest.raises(DataUnavailable, match="nowhere/dataset unavailable"):
+        with pytest.raises(DataUnavailable, match="nowhere/dataset unreachable"):
             load_source(src)
     assert fake_hub.count(("nowhere/dataset", None, "test")) == 1

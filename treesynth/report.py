@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from treesynth.benchmarks import benchmark, builtin_names, task_names_in_order
 from treesynth.errors import TreesynthError
 from treesynth.export import hub_url, read_exports
 from treesynth.io import atomic_write_bytes, atomic_write_text, iter_jsonl
@@ -68,8 +69,11 @@ METHOD_LABEL = {
     "persona_hub": "Persona Hub",
     "treesynth": "TreeSynth",
 }
-BENCH_ORDER = ("gsm8k", "math", "mbpp", "humaneval", "simpletom")
-TASK_ORDER = ("gsm8k", "math", "code_alpaca", "simpletom")
+# Column order: the registry's (conf/benchmark/*.yaml `order`); a user's or lm-eval's benchmark follows them,
+# by name. Diversity columns follow the same order through each task's first benchmark.
+BENCH_ORDER = tuple(builtin_names())
+TASK_ORDER = tuple(task_names_in_order())
+BENCH_LABEL = {name: benchmark(name).display for name in BENCH_ORDER}  # report.md headers (registry `display`)
 HUMAN = "human"  # size label of runs at the task's human-set size (the paper's main tables)
 ANY = "-"  # a group slot an observation does not depend on
 DIV_PREFIX = "diversity "
@@ -563,7 +567,7 @@ def build_report(root: str | Path, out: str | Path, paper_dir: Path = PAPER_DIR,
                    *_order_diversity(c for t in tables for c in t.diversity)]
     for t in tables:
         md += [f"## {group_title(t.group)}", ""]
-        md.append(markdown_table(["method", *t.columns],
+        md.append(markdown_table(["method", *(BENCH_LABEL.get(c, c) for c in t.columns)],
                                  [[row_label(r), *(fmt(t.cells.get((r, c)), c) for c in t.columns)] for r in t.rows]))
         md.append("")
         for r in t.rows:

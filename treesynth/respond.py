@@ -1,8 +1,10 @@
 """The teacher step: one solution per prompt record, written with the task's solution prompt.
 
 A completion that does not end in the task's answer format is re-sampled (new derived seed) up to
-the teacher profile's `response.retries` times; then the record is marked failed (None) and the stage refills it with a
-new prompt. Every outcome is appended to a checkpoint (`response_log`), so a rerun never asks the teacher again for a
+the teacher profile's `response.retries` times; a free-text teacher then gets one call for its final
+answer alone (`final_answer_call`), written after its own last text; else the record is marked failed
+(None) and the stage refills it with a new prompt. Every outcome is appended to a checkpoint
+(`response_log`), so a rerun never asks the teacher again for a
 record it already answered, and the request cache covers calls that returned before a kill.
 """
 
@@ -21,15 +23,23 @@ def response_log(path: Path) -> KeyedLog:
     return KeyedLog(path, "id")
 
 
-async def respond_one(llm: LLM, task: TaskSpec, rec: PromptRecord, seed: int) -> tuple[str | None, int]:
-    """(completion or None, attempts used)."""
+async def respond_one(llm: LLM, task: TaskSpec, rec: PromptRecord, seed: int) -> tuple[str | None, int, bool]:
+    """(completion or None, attempts used, whether the final line came from a final-answer call)."""
     tries = 1 + task.teacher_profile.response_retries
+    work = ""
     for attempt in range(tries):
         req = task.response_request(rec.prompt, rec.sample, seed=derive_seed(seed, "respond", rec.id, attempt))
-        completion = task.completion_from(await llm.complete(req), rec.sample)
+        c = await llm.complete(req)
+        completion = task.completion_from(c, rec.sample)
         if completion is not None:
-            return completion, attempt + 1
-    return None, tries
+            return completion, attempt + 1, False
+        # a text cut at max_tokens still carries the teacher's work (a weak model rambles to its budget)
+        work = c.text if c.error is None and c.text.strip() else work
+    # A free answer that never ended in the format: ask for its final answer alone (profile's final_answer_call).
+    req = task.final_answer_request(rec.prompt, rec.sample, work, seed=derive_seed(seed, "final", rec.id))
+    if req is not None and (completion := task.with_final_answer(work, await llm.complete(req), rec.sample)):
+        return completion, tries + 1, True
+    return None, tries, False
 
 
 async def respond(llm: LLM, task: TaskSpec, records: list[PromptRecord], seed: int, log: KeyedLog) -> dict[str, dict]:
@@ -39,8 +49,8 @@ async def respond(llm: LLM, task: TaskSpec, records: list[PromptRecord], seed: i
     out: dict[str, dict] = {}
 
     async def one(rec: PromptRecord) -> None:
-        completion, attempts = await respond_one(llm, task, rec, seed)
-        row = {"id": rec.id, "completion": completion, "attempts": attempts}
+        completion, attempts, final_line = await respond_one(llm, task, rec, seed)
+        row = {"id": rec.id, "completion": completion, "attempts": attempts, **({"final_line": True} if final_line else {})}
         log.append(row)
         out[rec.id] = row
 

@@ -269,7 +269,7 @@ async def _fill(method: Method, teacher: LLM, cfg: DictConfig, size: int, data_p
     extra_meta = {"seed": env.seed, "generator": env.llm.model, "teacher": teacher.model}
     chunk_max = int(OmegaConf.select(cfg, "data.runtime.chunk", default=CHUNK))
     max_positions = MAX_POSITIONS_PER_RECORD * size
-    kept = tried = asked = failed = attempts = 0
+    kept = tried = asked = failed = attempts = final_lines = 0
     verification: Counter = Counter()
     task, method_name = env.task.name, method.name
     start = 0
@@ -305,6 +305,7 @@ async def _fill(method: Method, teacher: LLM, cfg: DictConfig, size: int, data_p
                             row = done[p.id]
                             asked += 1
                             attempts += row["attempts"]
+                            final_lines += bool(row.get("final_line"))
                             if row["completion"] is None:
                                 failed += 1
                                 continue
@@ -333,6 +334,7 @@ async def _fill(method: Method, teacher: LLM, cfg: DictConfig, size: int, data_p
         "teacher_asked": asked,  # records the teacher was asked about (after prompt hygiene)
         "teacher_failed": failed,
         "teacher_attempts": attempts,
+        "teacher_final_line_added": final_lines,
         "dropped_by_hygiene": hygiene.counts["hygiene_input"] - hygiene.counts.get("hygiene_kept", tried),
         **hygiene.counts,
         **dict(verification),

@@ -1,6 +1,7 @@
 """Answer extraction and scoring for our lm-eval tasks (referenced from the task YAMLs with !function).
 
-Each extractor accepts the format the synthesized training completions end in (see docs/ARCHITECTURE.md, "Capability profiles" and the task `answer` key):
+Extraction and normalisation are treesynth/answers.py's (the same code verification uses); each
+extractor accepts the format the synthesized training completions end in (the task `answer` key):
 GSM8K `#### <number>`, MATH `\\boxed{...}`, code one ```python block, SimpleToM the option letter.
 Code is executed only through `evaluation.sandbox` (a subprocess), never in this process.
 """
@@ -8,37 +9,17 @@ Code is executed only through `evaluation.sandbox` (a subprocess), never in this
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
+
+from treesynth import answers
+from treesynth.answers import last_boxed
 
 # ---------------------------------------------------------------- GSM8K
 
-_NUM = r"-?[$0-9.,]*[0-9]"
-_STRICT = re.compile(r"####\s*\$?\s*(" + _NUM + ")")
-_ANY_NUM = re.compile(_NUM)
-
-
-def normalize_number(text: str | None) -> str | None:
-    """'$1,234.50' -> '1234.5'; None when it is not a number."""
-    if text is None:
-        return None
-    t = text.strip().replace(",", "").replace("$", "").rstrip(".")
-    try:
-        value = float(t)
-    except ValueError:
-        return None
-    return str(int(value)) if value == int(value) else repr(value)
-
 
 def extract_gsm8k(text: str, strict: bool = True) -> str | None:
-    """The answer after the last `####` (strict), else the last number in the text (flexible)."""
-    found = _STRICT.findall(text)
-    if found:
-        return normalize_number(found[-1])
-    if strict:
-        return None
-    nums = _ANY_NUM.findall(text)
-    return normalize_number(nums[-1]) if nums else None
+    """The number after the last `####` (strict), else the last number in the text (flexible), normalised."""
+    return answers.final_answer(text, "hash_number" if strict else "last_number", "number")
 
 
 def gsm8k_gold(doc: dict) -> str | None:
@@ -57,64 +38,13 @@ def process_results_gsm8k(doc: dict, results: list[str]) -> dict[str, int]:
 # ---------------------------------------------------------------- MATH
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} (or \\fbox{...}), braces balanced; None if absent."""
-    for cmd in ("\\boxed", "\\fbox"):
-        idx = text.rfind(cmd)
-        if idx < 0:
-            continue
-        rest = text[idx + len(cmd):]
-        if rest.startswith(" "):  # "\boxed 5"
-            return rest.strip().split("$")[0].split()[0] if rest.strip() else None
-        if not rest.startswith("{"):
-            continue
-        depth = 0
-        for i, ch in enumerate(rest):
-            depth += ch == "{"
-            depth -= ch == "}"
-            if depth == 0:
-                return rest[1:i]
-        return None
-    return None
-
-
 def process_docs_math(dataset: Any) -> Any:
     """Gold answer = the last boxed expression of the reference solution (MATH and MATH-500 alike)."""
     return dataset.map(lambda doc: {"answer": last_boxed(doc["solution"]) or doc.get("answer", "")})
 
 
-def _strip_latex(s: str) -> str:
-    # Reuse lm-eval's hendrycks_math normalization (importable: it needs only `datasets`).
-    from lm_eval.tasks.hendrycks_math.utils import strip_string
-
-    try:
-        return strip_string(s)
-    except Exception:  # noqa: BLE001 - their normalizer asserts on odd inputs
-        return s.strip()
-
-
-def _sympy_equal(a: str, b: str) -> bool:
-    """Symbolic equivalence of two LaTeX answers, as lm-eval's minerva_math does, via sympy's lark parser
-    (sympy's antlr parser needs antlr4 4.11, which conflicts with Hydra's 4.9)."""
-    import sympy
-    from sympy.parsing.latex import parse_latex
-
-    try:
-        x, y = parse_latex(a, backend="lark"), parse_latex(b, backend="lark")
-        return bool(sympy.simplify(x - y) == 0)
-    except Exception:  # noqa: BLE001 - unparsable or incomparable answers are simply not equal
-        return False
-
-
 def math_equiv(pred: str | None, gold: str | None) -> bool:
-    if pred is None or gold is None:
-        return False
-    p, g = _strip_latex(pred), _strip_latex(gold)
-    if p == g:
-        return True
-    if len(p) > 80 or len(g) > 80:  # keep sympy off pathological strings
-        return False
-    return _sympy_equal(p, g)
+    return answers.equivalent(pred, gold, "latex")
 
 
 def process_results_math(doc: dict, results: list[str]) -> dict[str, int]:
@@ -123,13 +53,7 @@ def process_results_math(doc: dict, results: list[str]) -> dict[str, int]:
 
 # ---------------------------------------------------------------- code
 
-_BLOCK = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|$)", re.DOTALL)
-
-
-def extract_code(text: str) -> str:
-    """The first ```python block (an unterminated one runs to the end); else the text itself."""
-    m = _BLOCK.search(text)
-    return m.group(1).rstrip() if m else text.strip()
+extract_code = answers.code  # the first ```python block (an unterminated one runs to the end), else the text
 
 
 def run_tests(program: str) -> int:
@@ -171,24 +95,27 @@ def mbpp_doc_to_text(doc: dict) -> str:
 
 # ---------------------------------------------------------------- SimpleToM
 
-_LETTER = re.compile(r"\b([AB])\b")
-_ANSWER_LETTER = re.compile(r"answer\s*(?:is)?\s*[:\-]?\s*\(?([AB])\)?", re.IGNORECASE)
-
-
 def simpletom_doc_to_text(doc: dict) -> str:
     options = "\n".join(f"{lab}. {txt}" for lab, txt in zip(doc["choices"]["label"], doc["choices"]["text"], strict=True))
     return (f"{doc['story']}\n\nQuestion: {doc['question']}\n{options}\n"
             "Answer with the letter of the correct option (A or B).")
 
 
-def extract_letter(text: str) -> str | None:
-    """`Answer: B` wins; else the last standalone A/B in the text."""
-    m = _ANSWER_LETTER.findall(text)
-    if m:
-        return m[-1].upper()
-    letters = _LETTER.findall(text)
-    return letters[-1] if letters else None
+extract_letter = answers.letter  # `Answer: B`, else the last standalone option letter
 
 
 def process_results_simpletom(doc: dict, results: list[str]) -> dict[str, int]:
     return {"acc": int(extract_letter(results[0]) == doc["answerKey"])}
+
+
+# ---------------------------------------------------------------- user benchmarks (treesynth_user.yaml)
+
+
+def process_results_user(doc: dict, results: list[str]) -> dict[str, int]:
+    """A user benchmark's row carries its scoring spec (the harness writes it from the benchmark YAML):
+    `extract` (extractor name or regex:...), `normalize`, `metric` (exact_match | numeric), `tolerance`."""
+    pred = answers.final_answer(results[0], doc["extract"], doc["normalize"])
+    if doc["metric"] == "numeric":
+        return {"numeric_match": int(answers.numeric_match(pred, doc["answer"], float(doc.get("tolerance") or 0.0)))}
+    gold = answers.normalizer(doc["normalize"])(doc["answer"])
+    return {"exact_match": int(pred is not None and pred == gold)}

@@ -1,5 +1,6 @@
 """LLM layer: `build_llm(cfg.llm)` returns an `LLM` (cache + accounting + schema validation) around
-one backend chosen by `cfg.llm.backend`."""
+one backend chosen by `cfg.llm.backend`, in batch mode (`llm.runtime.mode=batch`, treesynth/llm/batch.py)
+wrapped so that requests without dependencies go through the provider's Batch API."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from treesynth.errors import TreesynthError
-from treesynth.llm.base import Backend, ChatRequest, Completion, LLMError
+from treesynth.llm.base import Backend, ChatRequest, Completion, LLMError, online_requests
 from treesynth.llm.cache import RequestCache
 from treesynth.llm.client import (
     LLM,
@@ -32,20 +33,26 @@ BACKENDS = {
 }
 
 
-def build_backend(llm_cfg: DictConfig | dict) -> Backend:
+def build_backend(llm_cfg: DictConfig | dict, cache_dir: str | Path | None = None) -> Backend:
+    """The backend for `llm.backend`; in batch mode its batch checkpoint lives under `cache_dir`."""
     cfg: dict[str, Any] = OmegaConf.to_container(llm_cfg, resolve=True) if isinstance(llm_cfg, DictConfig) else dict(llm_cfg)
     name = cfg.get("backend")
     if name not in BACKENDS:
         raise TreesynthError(f"unknown llm backend {name!r}; choose from {sorted(BACKENDS)} (llm=...)")
     module, cls = BACKENDS[name].split(":")
-    return getattr(importlib.import_module(module), cls)(cfg)
+    backend = getattr(importlib.import_module(module), cls)(cfg)
+    if (cfg.get("runtime") or {}).get("mode", "online") == "online":
+        return backend
+    from treesynth.llm.batch import batch_mode  # the HTTP stack is imported only when asked for
+
+    return batch_mode(backend, cfg, cache_dir)
 
 
 def build_llm(llm_cfg: DictConfig | dict, cache_dir: str | Path | None = None, budget: Budget | None = None) -> LLM:
     """The generator (or teacher) LLM with a persistent cache under `cache_dir` (None: no cache), priced
     from its config (`price_of`) and held to `budget` when one is given."""
     price = price_of(llm_cfg if isinstance(llm_cfg, DictConfig) else OmegaConf.create(llm_cfg))
-    backend = build_backend(llm_cfg)
+    backend = build_backend(llm_cfg, cache_dir)
     cache = RequestCache(Path(cache_dir) / "requests.sqlite") if cache_dir else None
     return LLM(backend, cache, price=price, budget=budget)
 
@@ -65,6 +72,7 @@ __all__ = [
     "build_backend",
     "build_llm",
     "derive_seed",
+    "online_requests",
     "parse_json",
     "price_of",
 ]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -54,6 +57,24 @@ class Completion:
     @property
     def ok(self) -> bool:
         return self.error is None and self.finish_reason == "stop"
+
+
+_ONLINE = contextvars.ContextVar("treesynth_llm_online", default=False)
+
+
+@contextmanager
+def online_requests() -> Iterator[None]:
+    """Requests made inside (and in tasks started inside) go to the online API even in batch mode:
+    calls whose answers the next call depends on (tree building) cannot wait for a batch."""
+    token = _ONLINE.set(True)
+    try:
+        yield
+    finally:
+        _ONLINE.reset(token)
+
+
+def wants_online() -> bool:
+    return _ONLINE.get()
 
 
 class Backend(ABC):

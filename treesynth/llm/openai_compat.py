@@ -278,7 +278,7 @@ class OpenAIBackend(Backend):
         self._rng = random.Random()  # jitter only; never affects outputs
 
     # --- endpoints ---------------------------------------------------------------------------
-    def _api_key(self) -> str:
+    def api_key(self) -> str:
         if not self.api_key_env:
             return NO_KEY
         key = os.environ.get(self.api_key_env)
@@ -294,7 +294,7 @@ class OpenAIBackend(Backend):
         # loop per call, so a new loop gets fresh endpoints (the old loop's sockets died with it).
         loop = asyncio.get_running_loop()
         if self._pool is None or self._pool.loop is not loop:
-            key, transport = self._api_key(), TRANSPORTS[self.http]
+            key, transport = self.api_key(), TRANSPORTS[self.http]
             self._pool = _Pool(loop, [
                 _Endpoint(url, transport(url, key, self.max_concurrency, self.timeout_s),
                           asyncio.Semaphore(self.max_concurrency))
@@ -319,7 +319,8 @@ class OpenAIBackend(Backend):
         return {e.url: e.sent for e in self._pool.endpoints} if self._pool else {}
 
     # --- requests ----------------------------------------------------------------------------
-    def _params(self, request: ChatRequest) -> dict[str, Any]:
+    def request_body(self, request: ChatRequest) -> dict[str, Any]:
+        """The /chat/completions body of a request (also a Batch API line's body)."""
         params: dict[str, Any] = {
             "model": self.model,
             "messages": request.chat(),
@@ -334,17 +335,17 @@ class OpenAIBackend(Backend):
             params["response_format"] = response_format(request.json_schema, self.schema_style)
         return params
 
-    def _backoff(self, attempt: int) -> float:
+    def backoff_s(self, attempt: int) -> float:
         # Full jitter: uniform over [0, capped exponential] spreads retries of a burst apart.
         return self._rng.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2**attempt))
 
     async def complete(self, request: ChatRequest) -> Completion:
         pool = self._endpoints()
-        params = self._params(request)
+        params = self.request_body(request)
         last = _Failure(self.base_urls[0], "no attempt", "connection_errors")
         for attempt in range(self.max_retries + 1):
             try:
-                return _completion(await self._attempt(pool, params))
+                return parse_completion(await self._attempt(pool, params))
             except _Failure as f:
                 last = f
             stats = self.transport_stats
@@ -354,7 +355,7 @@ class OpenAIBackend(Backend):
             if attempt < self.max_retries:
                 stats.retries += 1
                 if not last.cooled:
-                    await asyncio.sleep(self._backoff(attempt))  # after a 429 the cooldown is the wait
+                    await asyncio.sleep(self.backoff_s(attempt))  # after a 429 the cooldown is the wait
         raise LLMError(f"{last.url} failed after {self.max_retries + 1} attempts; last: {last.reason}")
 
     async def _attempt(self, pool: _Pool, params: dict[str, Any]) -> dict:
@@ -422,7 +423,8 @@ class OpenAIBackend(Backend):
             await asyncio.gather(*(e.client.close() for e in pool.endpoints), return_exceptions=True)
 
 
-def _completion(resp: dict) -> Completion:
+def parse_completion(resp: dict) -> Completion:
+    """A chat.completion response body (online, or a Batch API output line's) as a `Completion`."""
     choice = resp["choices"][0]
     usage = resp.get("usage") or {}
     reason = choice.get("finish_reason") or "stop"

@@ -2,11 +2,13 @@
 file: method.file or task.human.file under data.dir). SimpleToM has none: a clear error.
 
 Rows are converted into the record format and a seeded permutation of them is the stream, so any
-data.size is a seeded subsample. Each record brings its own completion (no teacher call): the human
-solution rewritten into the task's answer format through the task's answer template:
-- gsm8k: the answer's `<<...>>` calculator annotations stripped; reasoning + `#### n`;
-- math: the solution followed by the template's `The final answer is $\\boxed{...}$.` (last \\boxed{});
-- code: the code wrapped in one ```python block.
+data.size is a seeded subsample. Each record brings its own completion (no teacher call): the row's text
+`task.human.completion` (a template over the row, e.g. "{answer}") rewritten into the task's answer format
+by the converter the task's benchmark names in the registry (conf/benchmark/*.yaml `human:`):
+- hash_solution: `<<...>>` calculator annotations stripped; reasoning + the number after `####`;
+- boxed_solution: the solution followed by the template's final answer (the last \\boxed{});
+- code_block: the code (unwrapped when already fenced) in the task's code template;
+- none of the benchmarks names one: the filled `human.completion` as it is.
 A row that cannot be converted is skipped (counted in `human_unconverted`).
 """
 
@@ -17,6 +19,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from treesynth import answers
+from treesynth.benchmarks import benchmark
 from treesynth.datasets import load_human
 from treesynth.errors import TreesynthError
 from treesynth.methods.base import Method, MethodEnv, PromptRecord
@@ -26,57 +30,51 @@ from treesynth.tasks import TaskSpec
 _CALC = re.compile(r"<<[^<>]*>>")
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} (balanced braces), or None."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
+def hash_solution(text: str) -> dict[str, str] | None:
+    text = _CALC.sub("", text)
+    final = answers.final_answer(text, "hash_number", "number")
+    if final is None:
         return None
-    i, depth = start + len("\\boxed{"), 1
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i:j]
-    return None
+    return {"reasoning": text.rsplit("####", 1)[0].strip(), "answer": final}
 
 
-def gsm8k_fields(row: dict) -> dict[str, str] | None:
-    answer = _CALC.sub("", str(row.get("answer", "")))
-    if "####" not in answer:
-        return None
-    reasoning, final = answer.rsplit("####", 1)
-    return {"reasoning": reasoning.strip(), "answer": final.strip().replace(",", "")}
-
-
-def math_fields(row: dict) -> dict[str, str] | None:
-    solution = str(row.get("solution", "")).strip()
-    boxed = last_boxed(solution)
+def boxed_solution(text: str) -> dict[str, str] | None:
+    solution = text.strip()
+    boxed = answers.last_boxed(solution)
     return None if boxed is None else {"reasoning": solution, "answer": boxed}
 
 
-def code_fields(row: dict) -> dict[str, str] | None:
-    code = str(row.get("output", row.get("code", ""))).strip()
-    fence = re.fullmatch(r"```(?:python|py)?\n?(.*?)\n?```", code, re.S)  # already fenced: unwrap first
-    code = fence.group(1).strip() if fence else code
+def code_block(text: str) -> dict[str, str] | None:
+    code = answers.code(text)  # already fenced: unwrapped
     return {"code": code} if code else None
 
 
-# task name -> row -> {reasoning (optional), answer (or code)}. Tasks not listed use task.human.completion as is.
-CONVERTERS: dict[str, Callable[[dict], dict[str, str] | None]] = {
-    "gsm8k": gsm8k_fields,
-    "math": math_fields,
-    "code_alpaca": code_fields,
+# registry `human:` name -> the row's text -> {reasoning (optional), answer (or code)}
+CONVERTERS: dict[str, Callable[[str], dict[str, str] | None]] = {
+    "hash_solution": hash_solution,
+    "boxed_solution": boxed_solution,
+    "code_block": code_block,
 }
 
 
-def convert(task: TaskSpec, row: dict) -> str | None:
+def converter_for(task: TaskSpec) -> Callable[[str], dict[str, str] | None] | None:
+    """The converter the first of the task's benchmarks names (None: use the filled template as it is)."""
+    for name in task.benchmarks:
+        conv = benchmark(name).human
+        if conv:
+            if conv not in CONVERTERS:
+                raise TreesynthError(f"benchmark {name!r}: human: {conv!r} is not one of {sorted(CONVERTERS)}")
+            return CONVERTERS[conv]
+    return None
+
+
+def convert(task: TaskSpec, row: dict, to_fields: Callable[[str], dict[str, str] | None] | None = None) -> str | None:
     """The row's completion in the task's answer format, or None if it cannot be made to end in it."""
     human = task.human or {}
-    to_fields = CONVERTERS.get(task.name)
+    text: str | None = fill(str(human.get("completion", "")), {k: str(v) for k, v in row.items()})
     if to_fields is not None:
-        fields = to_fields(row)
+        fields = to_fields(text)
         text = task.render_answer(fields.get("reasoning"), fields[task.answer_key]) if fields is not None else None
-    else:
-        text = fill(str(human.get("completion", "")), {k: str(v) for k, v in row.items()})
     text = text.strip() if text else None
     return text if text and task.ends_in_answer_format(text) else None
 
@@ -97,10 +95,11 @@ class Human(Method):
         self.order = list(range(len(rows)))
         random.Random(env.seed).shuffle(self.order)  # the seeded subsample: any prefix of this permutation
         self.unconverted = 0
+        self.to_fields = converter_for(task)
 
     def _record(self, i: int) -> PromptRecord | None:
         row, task = self.rows[i], self.env.task
-        completion = convert(task, row)
+        completion = convert(task, row, self.to_fields)
         if completion is None:
             return None
         sample = {f.name: str(row.get(f.name, "") or "").strip() for f in task.fields}

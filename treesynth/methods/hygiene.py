@@ -1,6 +1,8 @@
 """Data hygiene for every method's output (the hook treesynth/synthesize.py calls):
 exact and near-duplicate removal (MinHash LSH) and decontamination against the evaluation benchmarks'
-test sets (word n-gram overlap, default 13-gram).
+test sets (word n-gram overlap, default 13-gram): every benchmark the registry resolves
+(treesynth/benchmarks.py: built-ins, user benchmark files, lm-eval tasks by name), on the fields its
+entry names (`text_fields`).
 
 `Hygiene(cfg)` is the streaming form the stage uses: records go through `check(record)` one at a time in
 stream order (a duplicate loses to its first occurrence, so records kept earlier stay kept when the stage
@@ -245,6 +247,14 @@ def contaminated(text: str, index: set[int], n: int) -> bool:
     return bool(index) and not ngram_hashes(text, n).isdisjoint(index)
 
 
+def benchmark_texts(row: dict, fields: tuple[str, ...]) -> list[str]:
+    """The texts of a test row that decontamination compares: the registry's `text_fields`, or (an lm-eval
+    task whose prompt is not a plain template) every string field of the row."""
+    if fields:
+        return [str(row.get(f, "")) for f in fields]
+    return [v for v in row.values() if isinstance(v, str)]
+
+
 def benchmark_index(
     benchmarks: list[str], n: int, data_dir: str | None, cache_dir: Path | None
 ) -> tuple[set[int], list[str], list[str]]:
@@ -281,8 +291,8 @@ def _source_index(benchmark: str, n: int, data_dir: str | None, cache_dir: Path 
                 _UNAVAILABLE[key] = str(e)
                 raise
             for row in rows:
-                for f in src.text_fields:
-                    index |= ngram_hashes(str(row.get(f, "")), n)
+                for text in benchmark_texts(row, src.text_fields):
+                    index |= ngram_hashes(text, n)
         if path is not None:
             buf = io.BytesIO()
             np.save(buf, np.array(sorted(index), dtype=np.int64))

@@ -1,10 +1,14 @@
 """Answer verification (config `data.verify`, off by default), the second hook after hygiene.
 
-- self_consistency (math tasks: gsm8k, math): k more teacher samples for the record's prompt; the record
-  is kept only when the majority answer (ties: any of the most frequent) equals its completion's answer.
-- execute (code tasks): the record's code runs in evaluation/sandbox.py (isolation `eval.sandbox`) with its
-  own asserts, or, when it has none, with `tests` assert lines the teacher writes; kept when it exits 0.
-- other tasks (simpletom): nothing to check; records pass through (`verify_skipped`).
+Which check a task gets (kind auto) and how its answers are read come from the registry entries of the
+task's benchmarks (conf/benchmark/*.yaml `verify:` and `answer:`; treesynth/benchmarks.py), and the
+extraction is treesynth/answers.py's, the code the evaluation scores with:
+- self_consistency (benchmarks with `verify: self_consistency`): k more teacher samples for the record's
+  prompt; kept only when the majority answer (ties: any of the most frequent) equals its completion's.
+- execute (`verify: execute`, code): the record's code runs in evaluation/sandbox.py (isolation
+  `eval.sandbox`) with its own asserts, or, when it has none, with `tests` assert lines the teacher
+  writes; kept when it exits 0.
+- benchmarks without `verify:`: nothing to check; records pass through (`verify_skipped`).
 `verify_records` is called on every refill round with all surviving records: outcomes are checkpointed
 per record id in `verify.jsonl` (and the LLM calls cached), so each record is verified once.
 """
@@ -20,17 +24,16 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from treesynth import answers
+from treesynth.benchmarks import Benchmark, benchmark
 from treesynth.errors import TreesynthError
 from treesynth.llm import LLM, ChatRequest, derive_seed
 from treesynth.methods.base import Checkpoint
-from treesynth.methods.human import last_boxed
 from treesynth.prompts import render
 from treesynth.tasks import TaskSpec
 
 DEFAULTS: dict[str, Any] = {"enabled": False, "kind": "auto", "k": 5, "tests": 3, "keep_untested": False,
                             "timeout_s": 5}
-MATH_BENCHMARKS, CODE_BENCHMARKS = {"gsm8k", "math"}, {"mbpp", "humaneval"}
-_CODE_BLOCK = re.compile(r"```(?:python|py)?\n(.*?)\n```", re.S)
 _ASSERT = re.compile(r"^\s*assert\b", re.M)
 
 
@@ -44,36 +47,33 @@ def settings(cfg: DictConfig) -> dict[str, Any]:
     return v
 
 
-def kind_for(task: TaskSpec, kind: str) -> str | None:
-    if kind != "auto":
-        return kind
-    benchmarks = set(task.benchmarks) | {task.name}
-    if benchmarks & CODE_BENCHMARKS:
-        return "execute"
-    if benchmarks & MATH_BENCHMARKS:
-        return "self_consistency"
+def verified_benchmark(task: TaskSpec) -> Benchmark | None:
+    """The first of the task's benchmarks whose registry entry names a verification kind."""
+    for name in task.benchmarks:
+        b = benchmark(name)
+        if b.verify:
+            return b
     return None
 
 
-def extract_answer(text: str) -> str | None:
-    """The final answer of a completion: the last \\boxed{} (MATH) or what follows `####` (GSM8K),
-    normalized (no spaces, commas, $; 42.0 == 42)."""
-    ans = last_boxed(text)
-    if ans is None and "####" in text:
-        ans = text.rsplit("####", 1)[1]
-    if ans is None:
-        return None
-    ans = re.sub(r"[\s,$]", "", ans).rstrip(".")
-    try:
-        f = float(ans)
-        return str(int(f)) if f == int(f) else str(f)
-    except ValueError:
-        return ans or None
+def kind_for(task: TaskSpec, kind: str) -> str | None:
+    if kind != "auto":
+        return kind
+    b = verified_benchmark(task)
+    return b.verify if b else None
+
+
+def extract_answer(text: str, bench: Benchmark | None, answer_format: str | None = None) -> str | None:
+    """The completion's final answer as the benchmark extracts and normalises it when scoring (a user
+    benchmark without an extractor: the task's answer format); without one, the last \\boxed{} else the
+    `####` number."""
+    if bench is not None and bench.extractor_spec(answer_format):
+        return bench.final_answer(text, answer_format)
+    return answers.final_answer(text, "boxed", "latex") or answers.final_answer(text, "hash_number", "number")
 
 
 def code_of(completion: str) -> str | None:
-    m = _CODE_BLOCK.search(completion)
-    return m.group(1) if m else None
+    return answers.code_block(completion)
 
 
 def tests_schema(n: int) -> dict:
@@ -92,20 +92,33 @@ class Verifier:
         self.teacher, self.task, self.v = teacher, task, settings(cfg)
         self.seed = int(cfg.seed)
         self.kind = kind_for(task, self.v["kind"])
+        self.bench = verified_benchmark(task)
         self.sandbox_mode = OmegaConf.select(cfg, "eval.sandbox", default=None)  # one setting for all generated code
         self.log = Checkpoint(work_dir / "verify.jsonl")
         self.done = {r["id"]: r for r in self.log.rows()}
 
     async def self_consistency(self, r: dict) -> dict:
-        own = extract_answer(r["completion"])
+        own = extract_answer(r["completion"], self.bench, self.task.answer.format)
         reqs = [self.task.response_request(r["prompt"], {}, seed=derive_seed(self.seed, "verify", r["id"], i))
                 for i in range(int(self.v["k"]))]
-        votes = [extract_answer(c) for c in map(self.task.completion_from, await self.teacher.generate(reqs)) if c]
-        counts = Counter(a for a in votes if a is not None)
+        votes = [extract_answer(c, self.bench, self.task.answer.format) for c in map(self.task.completion_from, await self.teacher.generate(reqs)) if c]
+        counts = self._tally(a for a in votes if a is not None)
         top = max(counts.values(), default=0)
-        ok = own is not None and top > 0 and counts[own] == top
+        mine = next((a for a in counts if self._same(a, own)), None)
+        ok = own is not None and top > 0 and mine is not None and counts[mine] == top
         reason = None if ok else ("no_votes" if not top else "majority_disagrees")
         return {"id": r["id"], "ok": ok, "reason": reason, "answer": own, "votes": dict(counts)}
+
+    def _same(self, a: str | None, b: str | None) -> bool:
+        """The scoring's equivalence (sympy for LaTeX answers), so a vote counts as the evaluation would."""
+        return answers.equivalent(a, b, self.bench.normalize if self.bench else "none")
+
+    def _tally(self, votes: Any) -> Counter:
+        """Votes grouped by equivalence: each group counted under its first answer."""
+        counts: Counter = Counter()
+        for v in votes:
+            counts[next((k for k in counts if self._same(k, v)), v)] += 1
+        return counts
 
     async def execute(self, r: dict, sandbox: Any) -> dict:
         code = code_of(r["completion"])

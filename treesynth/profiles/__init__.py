@@ -39,7 +39,8 @@ class Profile:
     sample_tokens: int | None  # per sample; None = derived from the bounded fields
     response_mode: str  # structured | free
     reasoning_chars: tuple[int, int] | None  # structured: bounds of the teacher's reasoning field
-    answers: dict[str, dict | None]  # structured: answer kind -> bounded schema (None: an enum from the task)
+    answers: dict[str, dict | None]  # answer kind -> schema of a final answer (None: an enum from the task)
+    final_answer_call: bool  # free: one "state only the final answer" call when the text misses the format
     response_temperature: float
     response_max_tokens: int
     response_retries: int
@@ -90,6 +91,7 @@ def parse_profile(name: str, d: dict) -> Profile:
             response_mode=mode,
             reasoning_chars=None if reasoning is None else _pair(reasoning, f"{where}.response.reasoning_chars"),
             answers=dict(resp.get("answers") or {}),
+            final_answer_call=bool(resp["final_answer_call"]),
             response_temperature=float(resp["temperature"]),
             response_max_tokens=int(resp["max_tokens"]),
             response_retries=int(resp["retries"]),

@@ -176,19 +176,39 @@ class TaskSpec:
         final = fill(self.answer.template, {"answer": answer.strip()})
         return f"{reasoning.strip()}\n{final}" if reasoning else final
 
-    def response_schema(self, sample: dict[str, str]) -> dict:
-        """Structured (constrained) teacher: bounded reasoning, then the answer by its kind."""
+    def _answer_schema(self, sample: dict[str, str]) -> dict:
+        """The schema of a final answer under the teacher's profile, by the task's answer kind."""
         p, a = self.teacher_profile, self.answer
         if a.from_sample:
-            answer = {"enum": [sample[a.from_sample]]} if sample.get(a.from_sample) else {"enum": list(a.choices)}
-        elif a.kind == "choice" or p.answers.get(a.kind) is None:
-            answer = {"enum": list(a.choices)}
-        else:
-            answer = dict(p.answers[a.kind])
-        props = {} if a.kind == "code" else {"reasoning": p.string_schema(*p.reasoning_chars, charset=p.charset)}
-        props[self.answer_key] = answer
+            return {"enum": [sample[a.from_sample]]} if sample.get(a.from_sample) else {"enum": list(a.choices)}
+        if a.kind == "choice" or p.answers.get(a.kind) is None:
+            return {"enum": list(a.choices)}
+        return dict(p.answers[a.kind])
+
+    def response_schema(self, sample: dict[str, str]) -> dict:
+        """Structured (constrained) teacher: bounded reasoning, then the answer by its kind."""
+        p = self.teacher_profile
+        props = {} if self.answer.kind == "code" else {"reasoning": p.string_schema(*p.reasoning_chars, charset=p.charset)}
+        props[self.answer_key] = self._answer_schema(sample)
         return {"title": "response", "type": "object", "properties": props, "required": list(props),
                 "additionalProperties": False}
+
+    def final_answer_request(self, prompt: str, sample: dict[str, str], work: str, *, seed: int) -> ChatRequest | None:
+        """A free-text teacher whose answers never ended in the format: one call for only its final answer
+        (the profile's `final_answer_call`), written after its own text by `with_final_answer`. None when
+        the profile or the answer kind has no such call (structured teachers, code)."""
+        p = self.teacher_profile
+        if self.structured or not p.final_answer_call or self.answer.kind == "code" or not work.strip():
+            return None
+        schema = {"title": "final_answer", "type": "object", "properties": {"answer": self._answer_schema(sample)},
+                  "required": ["answer"], "additionalProperties": False}
+        text = render("final_answer", solution=fill(self.solution, {"prompt": prompt}), work=work.strip())
+        return ChatRequest.user(text, temperature=0.0, max_tokens=96, seed=seed, json_schema=schema)
+
+    def with_final_answer(self, work: str, c: Completion, sample: dict[str, str] | None = None) -> str | None:
+        if not c.ok or not isinstance(c.data, dict) or not str(c.data.get("answer", "")).strip():
+            return None
+        return self._checked(self.render_answer(work, str(c.data["answer"])), sample)
 
     def response_request(self, prompt: str, sample: dict[str, str], *, seed: int) -> ChatRequest:
         p = self.teacher_profile
@@ -214,6 +234,9 @@ class TaskSpec:
             text = self.render_answer(c.data.get("reasoning"), str(c.data[self.answer_key]))
         else:
             text = c.text.strip()
+        return self._checked(text, sample)
+
+    def _checked(self, text: str, sample: dict[str, str] | None) -> str | None:
         if not self.ends_in_answer_format(text):
             return None
         pinned = self.answer.from_sample

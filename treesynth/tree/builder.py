@@ -32,7 +32,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from treesynth.errors import TreesynthError
-from treesynth.llm import LLM, ChatRequest, Completion, derive_seed
+from treesynth.llm import LLM, ChatRequest, Completion, derive_seed, online_requests
 from treesynth.methods.base import Checkpoint
 from treesynth.progress import Progress
 from treesynth.prompts import render
@@ -293,7 +293,8 @@ class TreeBuilder:
             "pending": sum(1 for n in self.tree.nodes.values() if n.status == PENDING),
             "leaves": sum(1 for n in self.tree.nodes.values() if n.status == LEAF), "tree calls": self.calls_used})
         try:
-            await asyncio.gather(*(self._expand(n) for n in pending))
+            with online_requests():  # each call depends on the one before: never wait for a batch
+                await asyncio.gather(*(self._expand(n) for n in pending))
         finally:
             self.events.close()
             self.progress.close()
