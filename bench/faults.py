@@ -388,10 +388,10 @@ def install_hook(hook: str) -> None:
 
         real = synth.apply_hygiene
 
-        def hygiene(records: list[dict], cfg: DictConfig) -> tuple[list[dict], dict]:
+        async def hygiene(*args: Any) -> Any:
             if arg == "enter":
                 _die()
-            out = real(records, cfg)
+            out = await real(*args)
             _die()
             return out
 
@@ -409,20 +409,21 @@ def install_hook(hook: str) -> None:
         from treesynth.io import JsonlAppender
 
         name, _, nth = arg.partition(":")
-        real_append = JsonlAppender.append
+        real_append_lines = JsonlAppender.append_lines
         count = Counter()
 
-        def append(self: JsonlAppender, row: dict) -> None:
+        def append_lines(self: JsonlAppender, lines: list[bytes]) -> None:
+            # every append (one row, or a group commit of several) goes through here
+            if self.path.name == name and count[name] < int(nth) <= count[name] + len(lines):
+                k = int(nth) - count[name] - 1  # the torn one's place in this write
+                os.write(self._fd, b"".join(lines[:k]) + lines[k][: len(lines[k]) // 2])
+                os.fsync(self._fd)
+                _die()
             if self.path.name == name:
-                count[name] += 1
-                if count[name] == int(nth):
-                    line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
-                    os.write(self._fd, line[: len(line) // 2])  # JsonlAppender writes unbuffered to _fd
-                    os.fsync(self._fd)
-                    _die()
-            real_append(self, row)
+                count[name] += len(lines)
+            real_append_lines(self, lines)
 
-        JsonlAppender.append = append
+        JsonlAppender.append_lines = append_lines
     else:
         raise SystemExit(f"unknown hook {hook!r}")
 

@@ -24,6 +24,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from treesynth.errors import TreesynthError
 from treesynth.io import JsonlAppender, atomic_write_json, iter_jsonl, write_jsonl
 from treesynth.models import resolve_model_path
+from treesynth.progress import Progress
+from treesynth.progress import configure as configure_progress
 
 log = logging.getLogger("treesynth")
 
@@ -157,6 +159,35 @@ class LossLog(TrainerCallback):
             self.tracker.log({f"train/{k}": v for k, v in logs.items() if isinstance(v, int | float)})
 
 
+class TrainProgress(TrainerCallback):
+    """Steps done / total and the last loss as a live bar or a log line every progress.every_s seconds
+    (treesynth/progress.py); the totals stay in train.json."""
+
+    def __init__(self) -> None:
+        self.progress: Progress | None = None
+        self.loss: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.progress = Progress("train", int(state.max_steps) or None, "steps",
+                                     extra=lambda: {"loss": "-" if self.loss is None else f"{self.loss:.4f}"})
+            self.progress.set(int(state.global_step))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.set(int(state.global_step))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and isinstance(logs.get("loss"), int | float):
+            self.loss = float(logs["loss"])
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.close()
+            log.info("%s", self.progress.line())
+            self.progress = None
+
+
 @dataclass
 class Setup:
     """A ready SFTTrainer and what the run report needs about it."""
@@ -182,13 +213,14 @@ def build_trainer(ctx, peft_config: Any = None, model_dtype: torch.dtype | None 
     last = get_last_checkpoint(str(out / CHECKPOINTS)) if (out / CHECKPOINTS).is_dir() else None
     resume_step = int(last.rsplit("-", 1)[1]) if last else 0
     loss_log = LossLog(out / LOG_FILE, ctx.tracker, resume_step)
+    configure_progress(cfg)
     trainer = SFTTrainer(
         model=model_path,
         args=args,
         train_dataset=to_conversational(rows),
         processing_class=load_tokenizer(model_path),
         peft_config=peft_config,
-        callbacks=[loss_log],
+        callbacks=[loss_log, TrainProgress()],
     )
     return Setup(trainer, loss_log, last, len(rows), model_path, prec)
 

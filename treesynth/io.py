@@ -88,6 +88,11 @@ def iter_jsonl(path: str | Path) -> Iterator[dict]:
                 continue
 
 
+def encode_line(row: dict) -> bytes:
+    """One JSONL checkpoint line, as `JsonlAppender` writes it."""
+    return (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+
+
 class JsonlAppender:
     """Append-only checkpoint log. Each row is one line written unbuffered, then fsync'd, so a SIGKILL or a
     full disk leaves at most one torn trailing line, which `iter_jsonl` skips and the next open cuts off."""
@@ -112,8 +117,12 @@ class JsonlAppender:
                 f.truncate(cut)
 
     def append(self, row: dict) -> None:
+        self.append_lines([encode_line(row)])
+
+    def append_lines(self, lines: list[bytes]) -> None:
+        """Several encoded rows (`encode_line`) as one write and one fsync: a group commit."""
         try:
-            _write_all(self._fd, (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+            _write_all(self._fd, b"".join(lines))
             os.fsync(self._fd)
         except OSError as e:
             raise write_failed(self.path, e) from e

@@ -599,6 +599,7 @@ def build_report(root: str | Path, out: str | Path, paper_dir: Path = PAPER_DIR,
     md.append("")
 
     md += dataset_links(tables)
+    md += cost_section(runs)
     figures = scaling_plots(obs, paper, out)
     tsne_made, tsne_note = tsne_figures(runs, out) if tsne else ([], "t-SNE skipped: --no-tsne")
     md += ["## Figures", ""]
@@ -619,6 +620,26 @@ def build_report(root: str | Path, out: str | Path, paper_dir: Path = PAPER_DIR,
                              cmp_rows))
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
     return out / "report.md"
+
+
+def cost_section(runs: list[Run]) -> list[str]:
+    """Teacher + generator dollars per synthesized dataset (each synthesize artifact once, however many
+    runs trained on it): generator, method, size, records, $ (stage metric `cost_usd`)."""
+    seen: dict[str, list[Any]] = {}
+    for run in runs:
+        metrics = (run.summary.get("stages") or {}).get("synthesize") or {}
+        if not _is_number(metrics.get("cost_usd")):
+            continue
+        key = str((run.summary.get("artifacts") or {}).get("synthesize") or run.path)
+        method = str(run.cfg("method.name", "?"))
+        gen = ANY if method == "human" else generator_name(run)
+        seen.setdefault(key, [gen, method, str(run.cfg("data.size")), str(metrics.get("records", "-")),
+                              f"{float(metrics['cost_usd']):.2f}"])
+    if not seen:
+        return []
+    ordered = sorted(seen.values(), key=lambda r: (r[0], _rank(r[1], METHOD_ORDER), _size_key(r[2])))
+    rows = [[gen, row_label(method), *rest] for gen, method, *rest in ordered]
+    return ["## Cost of the data", "", markdown_table(["generator", "method", "size", "records", "cost ($)"], rows), ""]
 
 
 def dataset_links(tables: list[Table]) -> list[str]:

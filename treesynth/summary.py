@@ -20,7 +20,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = ["", "== treesynth run summary =="]
     for name, metrics in stages.items():
         shown = {k: v for k, v in metrics.items() if isinstance(v, int | float | str) and k != "benchmarks"}
-        lines.append(f"[{name}] " + ", ".join(f"{k}={v}" for k, v in list(shown.items())[:10]))
+        first = dict(list(shown.items())[:10])
+        if "cost_usd" in shown:  # dollars are worth a place in the line whatever else the stage reports
+            first["cost_usd"] = f"${float(shown['cost_usd']):.4f}"
+        lines.append(f"[{name}] " + ", ".join(f"{k}={v}" for k, v in first.items()))
     base, tuned = _scores(stages.get("evaluate_base")), _scores(stages.get("evaluate"))
     if base or tuned:
         lines += ["", f"| {'benchmark/metric':<34} | {'base':>8} | {'fine-tuned':>10} |", f"|{'-' * 36}|{'-' * 10}|{'-' * 12}|"]

@@ -1,22 +1,35 @@
-"""The `synthesize` stage: method -> teacher -> hygiene -> exactly `data.size` records.
+"""The `synthesize` stage: method -> prompt hygiene -> teacher -> checks -> exactly `data.size` records.
 
-1. The method (cfg.method.name, treesynth/methods/) yields prompt records as a deterministic stream.
-2. The teacher (cfg.teacher, default: the generator) writes one completion per prompt that ends in the
-   task's answer format (re-sampled a bounded number of times, else the record is dropped).
-3. Hygiene (dedup / decontamination, `apply_hygiene`) filters the answered records.
-4. If fewer than data.size survive, the method is asked for more stream positions (refill), bounded.
+Records stream through the stage one chunk of stream positions at a time, in stream order:
+1. The method (cfg.method.name, treesynth/methods/) yields the prompt records at the chunk's positions.
+2. Prompt hygiene (dedup / decontamination, `Hygiene`) drops prompts BEFORE the teacher is asked: no
+   teacher call is ever paid for a duplicate or contaminated prompt.
+3. The teacher (cfg.teacher, default: the generator) writes one completion per kept prompt that ends in
+   the task's answer format (re-sampled a bounded number of times, else the record is dropped); it is
+   asked for no more records than are still missing.
+4. Checks on the completion (decontamination of the completion when configured, data.verify) follow;
+   survivors are written to data.jsonl as they come. Until data.size records are written, the next chunk
+   of positions is generated (refill), bounded.
+What stays in memory per record is small: ids and offsets of the checkpoint logs, the hygiene hashes.
 Outputs in the stage dir: data.jsonl, data.parquet, method artifacts (tree.json, tree.txt, tree.html),
-and the checkpoints that make a killed run resume (responses.jsonl, the method's logs).
-With method.plan_only=true it only writes plan.json and logs the expected LLM calls and tokens.
+and the checkpoints that make a killed run resume (responses.jsonl, the method's logs, cost.json).
+The output is the first data.size survivors in stream order, whatever the chunking: the same seed gives
+the same records, also after a kill and a rerun.
+With method.plan_only=true it only writes plan.json and logs the expected LLM calls, tokens and dollars.
+`llm.runtime.budget_usd` stops the stage (one line) before the spend of all runs of this artifact could
+exceed it; a rerun with a larger budget resumes (finished calls come from the request cache, free).
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import math
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,26 +37,37 @@ from omegaconf import DictConfig, OmegaConf
 
 from treesynth.datasets import file_digest, local_data_digest
 from treesynth.errors import TreesynthError
-from treesynth.io import atomic_write_bytes, atomic_write_json, write_jsonl
-from treesynth.llm import LLM, build_llm
+from treesynth.io import atomic_write_json, iter_jsonl, write_failed
+from treesynth.llm import LLM, Budget, BudgetExceeded, build_llm, price_of
 from treesynth.methods import Method, MethodEnv, method_class
-from treesynth.methods.base import Checkpoint, PromptRecord
-from treesynth.methods.hygiene import filter_records
+from treesynth.methods.base import PromptRecord
+from treesynth.methods.hygiene import Hygiene
 from treesynth.methods.verify import verify_records
 from treesynth.pipeline import StageContext
 from treesynth.profiles import used_profiles
-from treesynth.respond import respond
+from treesynth.progress import Progress
+from treesynth.progress import configure as configure_progress
+from treesynth.respond import respond, response_log
 from treesynth.tasks import TaskSpec, task_of
 
 log = logging.getLogger("treesynth")
 
-MAX_REFILL_ROUNDS = 8
+# A run that needs more than this many prompts per record has a generator/teacher problem, not bad luck.
+MAX_POSITIONS_PER_RECORD = 20
+CHUNK = 4096  # stream positions per chunk (data.runtime.chunk): bounds what is held and generated ahead
+COST_FILE = "cost.json"  # what the runs of this artifact spent, for llm.runtime.budget_usd
 
 
-def apply_hygiene(records: list[dict], cfg: DictConfig) -> tuple[list[dict], dict[str, int]]:
-    """Dedup + decontamination: data.jsonl rows in stream order in, kept rows (same order) + counts out."""
-    kept, counts = filter_records(records, cfg)
-    return kept, dict(counts)
+async def apply_hygiene(prompts: list[PromptRecord], hygiene: Hygiene) -> list[PromptRecord]:
+    """Prompt-level dedup + decontamination of one chunk, in stream order: the prompts the teacher gets.
+    Yields to the event loop every few records, so answers in flight are taken in meanwhile."""
+    kept = []
+    for i, p in enumerate(prompts):
+        if hygiene.check({"prompt": p.prompt, **p.sample}) is None:
+            kept.append(p)
+        if i % 32 == 31:
+            await asyncio.sleep(0)
+    return kept
 
 
 async def apply_verify(records: list[dict], teacher: LLM, env: MethodEnv, cfg: DictConfig) -> tuple[list[dict], dict]:
@@ -91,21 +115,83 @@ def to_row(p: PromptRecord, completion: str, task: str, method: str, extra_meta:
             "meta": {**p.meta, **extra_meta}}
 
 
-def write_parquet(path: Path, rows: list[dict]) -> None:
+@contextmanager
+def _atomic_file(path: Path) -> Iterator[Path]:
+    """A temp file beside `path`, renamed into place when the block succeeds (a streamed atomic write)."""
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise write_failed(path, e) from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_parquet(path: Path, rows: Callable[[], Iterable[dict]], batch: int = 8192) -> None:
+    """data.parquet from the rows (`rows()` iterates them, possibly twice), a batch at a time (flat memory). `meta` is a struct column; when the
+    records' meta differ in shape it is written as a JSON string column instead."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
-        table = pa.Table.from_pylist(rows)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):  # heterogeneous meta: keep it as a JSON string
-        table = pa.Table.from_pylist([{**r, "meta": json.dumps(r["meta"])} for r in rows])
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    def batches(as_json: bool) -> Iterator[list[dict]]:
+        chunk: list[dict] = []
+        for r in rows():
+            chunk.append({**r, "meta": json.dumps(r["meta"], ensure_ascii=False)} if as_json else r)
+            if len(chunk) == batch:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    def write(tmp: Path, as_json: bool) -> bool:
+        writer = None
+        try:
+            for chunk in batches(as_json):
+                table = pa.Table.from_pylist(chunk)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                elif table.schema != writer.schema:
+                    return False
+                writer.write_table(table)
+            if writer is None:
+                pq.write_table(pa.table({}), tmp)
+            return True
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return False
+        finally:
+            if writer is not None:
+                writer.close()
+
+    with _atomic_file(path) as tmp:
+        if not write(tmp, as_json=False):
+            write(tmp, as_json=True)
 
 
 def run(ctx: StageContext) -> dict:
     return asyncio.run(synthesize(ctx.cfg, ctx.dir))
+
+
+def budget_of(cfg: DictConfig, out: Path) -> Budget:
+    """The run's budget (llm.runtime.budget_usd; null: none) with what earlier runs of this artifact spent."""
+    limit = OmegaConf.select(cfg, "llm.runtime.budget_usd", default=None)
+    if limit is not None:
+        try:
+            limit = float(limit)
+        except (TypeError, ValueError):
+            raise TreesynthError(f"llm.runtime.budget_usd must be a number of dollars, got {limit!r}") from None
+        if limit < 0:
+            raise TreesynthError(f"llm.runtime.budget_usd must be >= 0, got {limit}")
+    spent = 0.0
+    if (out / COST_FILE).exists():
+        spent = float(json.loads((out / COST_FILE).read_text(encoding="utf-8")).get("spent_usd", 0.0))
+    return Budget(limit, spent)
+
+
+def save_cost(budget: Budget, out: Path) -> None:
+    atomic_write_json(out / COST_FILE, {"spent_usd": budget.total})
 
 
 async def synthesize(cfg: DictConfig, out: Path) -> dict[str, Any]:
@@ -119,71 +205,176 @@ async def synthesize(cfg: DictConfig, out: Path) -> dict[str, Any]:
 
     log.info("[synthesize] %s", describe_profiles(task))
     cache_dir = request_cache_dir(cfg)
-    llm = build_llm(cfg.llm, cache_dir)
-    teacher = llm if cfg.get("teacher") is None else build_llm(cfg.teacher, cache_dir)
+    budget = budget_of(cfg, out)
+    llm = build_llm(cfg.llm, cache_dir, budget)
+    teacher = llm if cfg.get("teacher") is None else build_llm(cfg.teacher, cache_dir, budget)
+    configure_progress(cfg)
+    progress = Progress("synthesize", size, "records", llms=(llm, teacher))
     try:
         await llm.backend.health_check()
         if teacher is not llm:
             await teacher.backend.health_check()
         env = MethodEnv(llm=llm, task=task, cfg=cfg.method, seed=int(cfg.seed), work_dir=out, root_cfg=cfg)
         method = cls(env)
-        rows, counts = await _fill(method, teacher, cfg, size, out)
+        with _atomic_file(out / "data.jsonl") as partial:
+            counts = await _fill(method, teacher, cfg, size, partial, progress)
+    except BudgetExceeded as e:
+        await _drain_in_flight()
+        progress.close()
+        log.info("%s", progress.line())
+        raise TreesynthError(f"stopped: {e}") from None
     finally:
+        progress.close()
+        save_cost(budget, out)
         await llm.aclose()
         if teacher is not llm:
             await teacher.aclose()
 
-    write_jsonl(out / "data.jsonl", rows)
-    write_parquet(out / "data.parquet", rows)
-    metrics = {"records": len(rows), **counts, **method.finalize(rows)}
+    write_parquet(out / "data.parquet", lambda: iter_jsonl(out / "data.jsonl"))
+    metrics = {"records": size, **counts, **method.finalize(iter_jsonl(out / "data.jsonl"))}
     metrics["llm"] = llm.stats.as_dict()
     if teacher is not llm:
         metrics["teacher_llm"] = teacher.stats.as_dict()
-    log.info("[synthesize] %d records -> %s (LLM: %s)", len(rows), out / "data.jsonl", llm.stats.as_dict())
+    metrics["cost_usd"] = round(budget.total, 6)  # every run of this artifact, generator + teacher
+    metrics["progress"] = progress.totals()
+    log.info("[synthesize] %d records -> %s (LLM: %s)", size, out / "data.jsonl", llm.stats.as_dict())
     return metrics
 
 
-async def _fill(method: Method, teacher: LLM, cfg: DictConfig, size: int, out: Path) -> tuple[list[dict], dict]:
+async def _drain_in_flight(timeout_s: float = 300.0) -> None:
+    """Let the calls still in flight (tasks a gather left running when the budget stopped it) finish, so
+    their answers reach the request cache and the checkpoints: a paid call is never lost. The budget
+    refuses every new call, so each task ends at its next request at the latest."""
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    if others:
+        done, _ = await asyncio.wait(others, timeout=timeout_s)
+        for t in done:  # their errors (the same budget stop) are retrieved here, not reported as lost
+            if not t.cancelled():
+                t.exception()
+
+
+def _chunk(size: int, kept: int, tried: int, chunk_max: int) -> int:
+    """How many stream positions to generate next: what is missing, scaled by the yield so far (a weak
+    model drops many), at most chunk_max (so memory and work past the target stay bounded)."""
+    deficit = size - kept
+    rate = max(kept / tried, 0.1) if tried else 1.0
+    return max(1, min(chunk_max, math.ceil(deficit / rate)))
+
+
+async def _fill(method: Method, teacher: LLM, cfg: DictConfig, size: int, data_path: Path,
+                progress: Progress) -> dict:
     env = method.env
-    responses = Checkpoint(out / "responses.jsonl")
-    done = {r["id"]: r for r in responses.rows()}
+    responses = response_log(env.work_dir / "responses.jsonl")
+    hygiene = Hygiene(cfg)
     extra_meta = {"seed": env.seed, "generator": env.llm.model, "teacher": teacher.model}
-    want, kept, hygiene = size, [], {}
+    chunk_max = int(OmegaConf.select(cfg, "data.runtime.chunk", default=CHUNK))
+    max_positions = MAX_POSITIONS_PER_RECORD * size
+    kept = tried = asked = failed = attempts = final_lines = 0
+    verification: Counter = Counter()
+    task, method_name = env.task.name, method.name
+    start = 0
+    pending: tuple[asyncio.Future, int, int] | None = None  # the next chunk, generated while the teacher works
     try:
-        for _ in range(MAX_REFILL_ROUNDS):
-            prompts = await method.prompts(want)
-            await respond(teacher, env.task, prompts, env.seed, responses, done)
-            answered = []
-            for p in prompts:
-                completion = p.completion if p.completion is not None else done[p.id]["completion"]
-                if completion is not None:
-                    answered.append(to_row(p, completion, env.task.name, method.name, extra_meta))
-            kept, hygiene = apply_hygiene(answered, cfg)
-            kept, verification = await apply_verify(kept, teacher, env, cfg)
-            hygiene = {**hygiene, **verification}
-            if len(kept) >= size:
-                break
-            # Ask for more positions in proportion to the yield so far (a weak model drops many).
-            deficit = size - len(kept)
-            rate = max(len(kept) / want, 0.1)
-            want += max(deficit, math.ceil(deficit / rate))
-        else:
-            raise TreesynthError(
-                f"only {len(kept)} of data.size={size} records survived after {MAX_REFILL_ROUNDS} refill rounds "
-                f"({want} prompts tried); check the generator/teacher (llm=, teacher=) or lower data.size"
-            )
+        with open(data_path, "w", encoding="utf-8") as data:
+            while kept < size:
+                if pending is not None:
+                    future, start, stop = pending
+                    pending = None
+                    prompts = await future
+                else:
+                    if start >= max_positions:
+                        raise TreesynthError(
+                            f"only {kept} of data.size={size} records survived after {start} prompts were tried; "
+                            "check the generator/teacher (llm=, teacher=) or lower data.size")
+                    stop = start + _chunk(size, kept, tried, chunk_max)
+                    prompts = await method.prompts_between(start, stop)
+                tried = stop
+                fresh = await apply_hygiene(prompts, hygiene)
+                if kept + len(fresh) < size and stop < max_positions:  # needed whatever the teacher does
+                    nxt = stop + _chunk(size, kept + len(fresh), stop, chunk_max)
+                    pending = (asyncio.ensure_future(method.prompts_between(stop, nxt)), stop, nxt)
+                i = 0
+                while i < len(fresh) and kept < size:
+                    batch = fresh[i : i + (size - kept)]  # never more teacher calls than records missing
+                    i += len(batch)
+                    done = await respond(teacher, env.task, batch, env.seed, responses)
+                    responses.forget()  # `done` has this batch's rows; the log keeps offsets only
+                    rows = []
+                    for p in batch:
+                        if p.completion is None:
+                            row = done[p.id]
+                            asked += 1
+                            attempts += row["attempts"]
+                            final_lines += bool(row.get("final_line"))
+                            if row["completion"] is None:
+                                failed += 1
+                                continue
+                            completion = row["completion"]
+                        else:
+                            completion = p.completion
+                        r = to_row(p, completion, task, method_name, extra_meta)
+                        if hygiene.check_completion(r) is None:
+                            rows.append(r)
+                    rows, verified = await apply_verify(rows, teacher, env, cfg)
+                    verification.update({k: v for k, v in verified.items() if isinstance(v, int | float)})
+                    for r in rows[: size - kept]:
+                        data.write(json.dumps(r, ensure_ascii=False) + "\n")
+                        kept += 1
+                    progress.set(kept)
+                start = stop
     finally:
+        if pending is not None:
+            try:  # let generation calls in flight finish and be logged (they are paid for)
+                await pending[0]
+            except Exception:  # noqa: BLE001 - the error that ended the stage is already on its way
+                pass
         responses.close()
-    counts = {
-        "prompts_generated": want,
-        "teacher_failed": sum(1 for r in done.values() if r["completion"] is None),
-        "teacher_attempts": sum(r["attempts"] for r in done.values()),
-        "teacher_final_line_added": sum(1 for r in done.values() if r.get("final_line")),
-        "dropped_by_hygiene": len(answered) - len(kept),
-        "unused_records": len(kept) - size,
-        **hygiene,
+    return {
+        "prompts_generated": tried,
+        "teacher_asked": asked,  # records the teacher was asked about (after prompt hygiene)
+        "teacher_failed": failed,
+        "teacher_attempts": attempts,
+        "teacher_final_line_added": final_lines,
+        "dropped_by_hygiene": hygiene.counts["hygiene_input"] - hygiene.counts.get("hygiene_kept", tried),
+        **hygiene.counts,
+        **dict(verification),
     }
-    return kept[:size], counts
+
+
+# Plan mode's "likely" dollars assume answers fill this share of their max_tokens (the upper bound: all).
+LIKELY_FILL = 0.4
+
+
+def _request_tokens(request: Any) -> int:
+    return sum(len(content) for _, content in request.messages) // 4 + 16  # about 4 characters per token
+
+
+def plan_cost(estimate: dict[str, Any], cfg: DictConfig, task: TaskSpec) -> dict[str, Any]:
+    """Dollars for a plan's calls: generation calls (tree + leaves, or the baselines' calls) priced with
+    llm's price, teacher calls with the teacher's. Input tokens are estimated from this task's rendered
+    requests; output tokens are the plan's max_tokens bounds (`upper_bound_usd`) or LIKELY_FILL of them
+    (`likely_usd`)."""
+    tree = estimate.get("tree") or {}
+    k = int(estimate.get("samples_per_call") or task.profile.samples_per_call)
+    gen_calls_max = int(tree.get("calls_max", 0)) + int(estimate.get("leaf_calls", 0)) or int(
+        (estimate.get("generation_calls") or {}).get("expected", 0))
+    gen_out_max = int(tree.get("completion_tokens_max", 0)) + int(estimate.get("leaf_completion_tokens_max", 0)) or (
+        gen_calls_max * task.sample_max_tokens(k))
+    teacher_calls = estimate.get("teacher_calls") or {}
+    t_expected = int(teacher_calls.get("expected", 0))
+    t_max = int(teacher_calls.get("max", t_expected * (1 + task.teacher_profile.response_retries)))
+    t_out_max = int(estimate.get("teacher_completion_tokens_max", t_max * task.teacher_profile.response_max_tokens))
+    sample = {f.name: "word " * 40 for f in task.fields}  # a typical ~200-character field
+    gen_in = _request_tokens(task.sample_request([], k, seed=0, temperature=1.0, max_tokens=1))
+    t_in = _request_tokens(task.response_request(task.build_prompt(sample), sample, seed=0))
+    gen_price = price_of(cfg.llm)
+    t_price = price_of(cfg.teacher) if cfg.get("teacher") is not None else gen_price
+    upper = gen_price.cost(gen_calls_max * gen_in, gen_out_max) + t_price.cost(t_max * t_in, t_out_max)
+    likely = (gen_price.cost(gen_calls_max * gen_in, int(gen_out_max * LIKELY_FILL))
+              + t_price.cost(t_expected * t_in, int(t_expected * task.teacher_profile.response_max_tokens * LIKELY_FILL)))
+    return {"likely_usd": round(likely, 2), "upper_bound_usd": round(upper, 2),
+            "price_per_million_tokens": {"generator": vars(gen_price), "teacher": vars(t_price)},
+            "prompt_tokens_per_call": {"generation": gen_in, "teacher": t_in}, "likely_fill": LIKELY_FILL}
 
 
 def _plan(cls: type[Method], cfg: DictConfig, task: Any, size: int, out: Path) -> dict[str, Any]:
@@ -191,7 +382,12 @@ def _plan(cls: type[Method], cfg: DictConfig, task: Any, size: int, out: Path) -
     estimate = cls(env).plan(size)
     if estimate is None:
         raise TreesynthError(f"method {cfg.method.name!r} has no plan mode; drop method.plan_only")
+    estimate["cost"] = plan_cost(estimate, cfg, task)
     atomic_write_json(out / "plan.json", estimate)
     print(f"[plan] {cfg.method.name} on {task.name}, data.size={size}: nothing was run")
     print(json.dumps(estimate, indent=2))
+    c = estimate["cost"]
+    print(f"[plan] expected cost: ${c['likely_usd']:,.2f} (upper bound ${c['upper_bound_usd']:,.2f}) at "
+          f"${c['price_per_million_tokens']['generator']['input']:g}/${c['price_per_million_tokens']['generator']['output']:g}"
+          f" per million input/output tokens ({cfg.llm.get('model')})")
     return {"plan": estimate}

@@ -13,7 +13,16 @@ from omegaconf import DictConfig, OmegaConf
 from treesynth.errors import TreesynthError
 from treesynth.llm.base import Backend, ChatRequest, Completion, LLMError, online_requests
 from treesynth.llm.cache import RequestCache
-from treesynth.llm.client import LLM, LLMStats, derive_seed, parse_json
+from treesynth.llm.client import (
+    LLM,
+    Budget,
+    BudgetExceeded,
+    LLMStats,
+    Price,
+    derive_seed,
+    parse_json,
+    price_of,
+)
 
 # backend name -> "module:Class"; each class takes the llm config as a plain dict.
 BACKENDS = {
@@ -39,16 +48,21 @@ def build_backend(llm_cfg: DictConfig | dict, cache_dir: str | Path | None = Non
     return batch_mode(backend, cfg, cache_dir)
 
 
-def build_llm(llm_cfg: DictConfig | dict, cache_dir: str | Path | None = None) -> LLM:
-    """The generator (or teacher) LLM with a persistent cache under `cache_dir` (None: no cache)."""
+def build_llm(llm_cfg: DictConfig | dict, cache_dir: str | Path | None = None, budget: Budget | None = None) -> LLM:
+    """The generator (or teacher) LLM with a persistent cache under `cache_dir` (None: no cache), priced
+    from its config (`price_of`) and held to `budget` when one is given."""
+    price = price_of(llm_cfg if isinstance(llm_cfg, DictConfig) else OmegaConf.create(llm_cfg))
     backend = build_backend(llm_cfg, cache_dir)
     cache = RequestCache(Path(cache_dir) / "requests.sqlite") if cache_dir else None
-    return LLM(backend, cache)
+    return LLM(backend, cache, price=price, budget=budget)
 
 
 __all__ = [
     "BACKENDS",
     "LLM",
+    "Budget",
+    "BudgetExceeded",
+    "Price",
     "Backend",
     "ChatRequest",
     "Completion",
@@ -60,4 +74,5 @@ __all__ = [
     "derive_seed",
     "online_requests",
     "parse_json",
+    "price_of",
 ]

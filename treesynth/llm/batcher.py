@@ -11,6 +11,7 @@ from dataclasses import fields
 from typing import Any, Generic, TypeVar
 
 from treesynth.errors import TreesynthError
+from treesynth.llm.base import LLM_RUNTIME_KEYS
 
 T = TypeVar("T")
 D = TypeVar("D")
@@ -96,8 +97,9 @@ class MicroBatcher(Generic[T, R]):
 
 
 def parse_runtime(cls: type[D], llm_cfg: dict) -> D:
-    """`llm.runtime` as the backend's runtime dataclass; unknown keys are a one-line error."""
-    given: dict[str, Any] = dict(llm_cfg.get("runtime") or {})
+    """`llm.runtime` as the backend's runtime dataclass (the LLM layer's keys left out); unknown keys are a
+    one-line error."""
+    given: dict[str, Any] = {k: v for k, v in (llm_cfg.get("runtime") or {}).items() if k not in LLM_RUNTIME_KEYS}
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(given) - known)
     if unknown:

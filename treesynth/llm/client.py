@@ -6,7 +6,12 @@ the SAME request `backend.answer_retries` times (0 unless the backend sets it: a
 can be damaged by the server or on the way, and the same request then gets the answer a fault-free run
 got; an in-process model would only repeat itself). Only then does a JSON request move on to derived
 seeds, which sample a different answer. A backend may also expose `transport_stats` (an object with
-`as_dict()`: HTTP retries, 429s, 5xx, timeouts), which `LLMStats.as_dict()` reports with its own counts."""
+`as_dict()`: HTTP retries, 429s, 5xx, timeouts), which `LLMStats.as_dict()` reports with its own counts.
+
+Money: a `Price` ($ per million input/output tokens) turns the token counts into `cost_usd`; a shared
+`Budget` refuses a backend call (cache hits are free) that could take the spend past its limit: each call
+reserves its worst case (prompt characters / 4 + max_tokens) until its real usage is known, so the
+spend never exceeds the limit, and calls already in flight finish (and are cached) before the stage stops."""
 
 from __future__ import annotations
 
@@ -22,8 +27,57 @@ from typing import Any
 import jsonschema
 from tqdm.auto import tqdm
 
+from treesynth.errors import TreesynthError
 from treesynth.llm.base import Backend, ChatRequest, Completion, LLMError
 from treesynth.llm.cache import RequestCache
+
+
+@dataclass(frozen=True)
+class Price:
+    """US dollars per million tokens."""
+
+    input: float = 0.0
+    output: float = 0.0
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1e6
+
+    def worst_case(self, request: ChatRequest) -> float:
+        """An upper estimate of one call (about 4 characters per token; the full max_tokens answer)."""
+        chars = sum(len(content) for _, content in request.messages)
+        return self.cost(chars // 4 + 16, request.max_tokens)
+
+
+class BudgetExceeded(TreesynthError):
+    """The next call could take the spend past llm.runtime.budget_usd (run.py prints the one line)."""
+
+
+class Budget:
+    """One spending limit shared by the generator and the teacher of a stage. `spent_before` is what
+    earlier runs of the same artifact spent (their answers are cached and cost nothing now)."""
+
+    def __init__(self, limit_usd: float | None, spent_before: float = 0.0):
+        self.limit = limit_usd
+        self.spent_before = spent_before
+        self.spent = 0.0  # this process
+        self.reserved = 0.0
+        self.refused = 0
+
+    @property
+    def total(self) -> float:
+        return self.spent_before + self.spent
+
+    def reserve(self, amount: float) -> None:
+        if self.limit is not None and self.total + self.reserved + amount > self.limit:
+            self.refused += 1
+            raise BudgetExceeded(
+                f"budget llm.runtime.budget_usd={self.limit:g} reached: ${self.total:.4f} spent, the next call "
+                f"could cost up to ${amount:.4f}; rerun with a larger budget to resume from the checkpoint")
+        self.reserved += amount
+
+    def settle(self, reserved: float, cost: float) -> None:
+        self.reserved -= reserved
+        self.spent += cost
 
 
 @dataclass
@@ -38,10 +92,12 @@ class LLMStats:
     json_retries: int = 0  # invalid JSON asked again with a derived seed
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cost_usd: float = 0.0  # backend calls priced with the LLM's Price (cache hits cost nothing)
     transport: Any = field(default=None, repr=False)  # the backend's transport_stats, if it has them
 
     def as_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "transport"}
+        out["cost_usd"] = round(self.cost_usd, 6)
         return {**out, **(self.transport.as_dict() if self.transport is not None else {})}
 
 
@@ -89,10 +145,13 @@ def _unusable(c: Completion) -> bool:
 
 
 class LLM:
-    def __init__(self, backend: Backend, cache: RequestCache | None = None, json_retries: int = 2):
+    def __init__(self, backend: Backend, cache: RequestCache | None = None, json_retries: int = 2,
+                 price: Price | None = None, budget: Budget | None = None):
         self.backend = backend
         self.cache = cache
         self.json_retries = json_retries
+        self.price = price or Price()
+        self.budget = budget
         self.answer_retries = int(getattr(backend, "answer_retries", 0))
         self.stats = LLMStats(transport=getattr(backend, "transport_stats", None))
 
@@ -127,13 +186,22 @@ class LLM:
             self.stats.cache_hits += 1
             if self._parse(hit, req):
                 return hit
+        reserved = self.price.worst_case(req) if self.budget is not None else 0.0
+        if self.budget is not None:
+            self.budget.reserve(reserved)  # raises BudgetExceeded before anything is sent
         self.stats.calls += 1
+        cost = 0.0
         try:
             c = await self.backend.complete(req)
+            cost = self.price.cost(c.prompt_tokens, c.completion_tokens)
         except LLMError as e:
             return Completion(text="", finish_reason="error", error=str(e))
+        finally:
+            if self.budget is not None:
+                self.budget.settle(reserved, cost)
         self.stats.prompt_tokens += c.prompt_tokens
         self.stats.completion_tokens += c.completion_tokens
+        self.stats.cost_usd += cost
         if c.finish_reason == "length":
             self.stats.truncated += 1
         if c.error is None and req.json_schema is not None and not self._parse(c, req):
@@ -175,3 +243,35 @@ class LLM:
 
     async def aclose(self) -> None:
         await self.backend.aclose()
+
+
+def price_of(llm_cfg: Any) -> Price:
+    """The model's price: `runtime.price.input/output` when set, else the config's `runtime.prices` table
+    entry for the model (longest matching prefix, so dated snapshots match), else free (local models)."""
+    runtime = (llm_cfg.get("runtime") if hasattr(llm_cfg, "get") else None) or {}
+    explicit = runtime.get("price") or {}
+    table = runtime.get("prices") or {}
+    model = str(llm_cfg.get("model", ""))
+    known = max((name for name in table if model.startswith(str(name))), key=len, default=None)
+    base = table[known] if known is not None else {}
+    values = {}
+    for side in ("input", "output"):
+        value = explicit.get(side)
+        value = base.get(side, 0.0) if value is None else value
+        try:
+            values[side] = float(value)
+        except (TypeError, ValueError):
+            raise TreesynthError(f"llm.runtime.price.{side} must be a number ($ per million tokens), got {value!r}") from None
+        if values[side] < 0:
+            raise TreesynthError(f"llm.runtime.price.{side} must be >= 0, got {values[side]}")
+    return Price(**values)
+
+
+def price_known(llm_cfg: Any) -> bool:
+    """Whether the price is set or in the table (a local backend without either is free by definition)."""
+    runtime = llm_cfg.get("runtime") or {}
+    explicit = runtime.get("price") or {}
+    if explicit.get("input") is not None or explicit.get("output") is not None:
+        return True
+    model = str(llm_cfg.get("model", ""))
+    return any(model.startswith(str(name)) for name in runtime.get("prices") or {})

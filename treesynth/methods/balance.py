@@ -22,6 +22,7 @@ import json
 import math
 import random
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +170,8 @@ class TreeSynthBalance(Method):
         return PromptRecord(id=f"src/{i}", prompt=r["prompt"], sample={}, completion=r["completion"], meta=meta)
 
     # ---- report -------------------------------------------------------------------------------
-    def finalize(self, records: list[dict]) -> dict[str, Any]:
+    def finalize(self, records: Iterable[dict]) -> dict[str, Any]:
+        records = list(records)  # read several times below; a balanced set is human-data sized
         tree, plan = self.engine.tree, self._plan
         assert tree is not None
         after = Counter(r["meta"].get("leaf_id") or UNROUTED for r in records)

@@ -12,15 +12,17 @@ killed run resumes without losing or duplicating records; every LLM request carr
 
 from __future__ import annotations
 
+import json
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from omegaconf import DictConfig
 
-from treesynth.io import JsonlAppender, iter_jsonl
+from treesynth.io import JsonlAppender, encode_line, iter_jsonl
 from treesynth.llm import LLM
 from treesynth.tasks import TaskSpec
 
@@ -56,13 +58,20 @@ class Method(ABC):
     async def prompts(self, n: int) -> list[PromptRecord]:
         """The records at stream positions [0, n) that generated successfully, in stream order."""
 
+    async def prompts_between(self, start: int, stop: int) -> list[PromptRecord]:
+        """The records at stream positions [start, stop): what the stage streams through, one chunk at a
+        time. A method that can generate a range without holding the earlier ones overrides this (the
+        call-based baselines do); the default slices the prefix, which is the same records."""
+        before = len(await self.prompts(start)) if start else 0
+        return (await self.prompts(stop))[before:]
+
     def plan(self, size: int) -> dict[str, Any] | None:
         """Expected LLM calls/tokens before anything is spent (method.plan_only); None = not supported."""
         return None
 
-    def finalize(self, records: list[dict]) -> dict[str, Any]:
-        """Called once with the final data.jsonl records: write method artifacts (tree.json, ...) and
-        return metrics for the stage summary."""
+    def finalize(self, records: Iterable[dict]) -> dict[str, Any]:
+        """Called once with the final data.jsonl records (an iterable read from disk, in order): write
+        method artifacts (tree.json, ...) and return metrics for the stage summary."""
         return {}
 
 
@@ -82,6 +91,92 @@ class Checkpoint:
         self._appender.append(row)
 
     def close(self) -> None:
+        if self._appender is not None:
+            self._appender.close()
+            self._appender = None
+
+
+class KeyedLog:
+    """An append-only JSONL checkpoint read by key (`row[key]`) with only key -> byte offset in memory: the
+    rows stay on disk, so a log of a million rows costs a dict of keys. Rows appended since the last
+    `forget()` are also held (the chunk being worked on is read without going to disk).
+
+    Appends are group-committed: one write and one fsync per FLUSH_ROWS rows or FLUSH_S seconds (and on
+    forget/close), not per row; a fsync per row caps a run at a few hundred rows a second on a busy or
+    network disk. Rows a SIGKILL catches unwritten cost nothing: the request cache has their answers."""
+
+    FLUSH_ROWS = 64
+    FLUSH_S = 0.2
+
+    def __init__(self, path: Path, key: str):
+        self.path, self.key = path, key
+        self.offsets: dict[Any, int] = {}
+        self.recent: dict[Any, dict] = {}
+        self._size = 0
+        self._pending: list[bytes] = []
+        self._last_flush = time.monotonic()
+        self._appender: JsonlAppender | None = None
+        if path.exists():
+            with open(path, "rb") as f:
+                for line in f:
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        break  # a torn last line (killed mid-append): the appender cuts it off
+                    self.offsets[row[key]] = self._size
+                    self._size += len(line)
+
+    def __contains__(self, k: object) -> bool:
+        return k in self.offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, k: Any) -> dict:
+        row = self.recent.get(k)
+        if row is not None:
+            return row
+        with open(self.path, "rb") as f:
+            f.seek(self.offsets[k])
+            return json.loads(f.readline())
+
+    def get_many(self, keys: Iterable[Any]) -> dict[Any, dict]:
+        """Rows for these keys in one pass over the file (keys not in the log are left out)."""
+        keys = list(keys)
+        out = {k: self.recent[k] for k in keys if k in self.recent}
+        wanted = sorted((self.offsets[k], k) for k in keys if k in self.offsets and k not in out)
+        if wanted:
+            with open(self.path, "rb") as f:
+                for offset, k in wanted:
+                    f.seek(offset)
+                    out[k] = json.loads(f.readline())
+        return out
+
+    def append(self, row: dict) -> None:
+        line = encode_line(row)
+        k = row[self.key]
+        self.offsets[k] = self._size
+        self.recent[k] = row
+        self._size += len(line)
+        self._pending.append(line)
+        if len(self._pending) >= self.FLUSH_ROWS or time.monotonic() - self._last_flush >= self.FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            if self._appender is None:
+                self._appender = JsonlAppender(self.path)
+            self._appender.append_lines(self._pending)
+            self._pending = []
+        self._last_flush = time.monotonic()
+
+    def forget(self) -> None:
+        """Drop the rows held in memory (written first; they stay readable from disk)."""
+        self.flush()
+        self.recent.clear()
+
+    def close(self) -> None:
+        self.flush()
         if self._appender is not None:
             self._appender.close()
             self._appender = None

@@ -121,7 +121,7 @@ class EvolInstruct(Method):
             return self.human_seeds[p % len(self.human_seeds)]
         assert self.sampler is not None
         j = p % self.pool_size
-        got = await self.sampler.positions(j + 1)
+        got = await self.sampler.positions(j + 1, start=j)
         return got[j][2] if j in got else None
 
     # ---- evolution --------------------------------------------------------------------------

@@ -4,8 +4,13 @@ test sets (word n-gram overlap, default 13-gram): every benchmark the registry r
 (treesynth/benchmarks.py: built-ins, user benchmark files, lm-eval tasks by name), on the fields its
 entry names (`text_fields`).
 
-`filter_records(records, cfg)` keeps records in stream order (a duplicate loses to its first
-occurrence), so when the stage refills, the records kept earlier stay kept. Config: `data.hygiene`.
+`Hygiene(cfg)` is the streaming form the stage uses: records go through `check(record)` one at a time in
+stream order (a duplicate loses to its first occurrence, so records kept earlier stay kept when the stage
+refills), and what it keeps per record is small: an 8-byte digest of the normalized prompt, the MinHash
+signature (uint32 x num_perm) in fixed blocks and the LSH band buckets. `check` runs on the prompt
+BEFORE the teacher is asked (dedup, and decontamination of the configured fields other than the
+completion); `check_completion` applies decontamination to the completion when `fields` names it.
+`filter_records(records, cfg)` is the same over a list. Config: `data.hygiene`.
 
 The benchmark n-gram index is built once per process and cached on disk under
 `<paths.artifacts>/.cache/decontam/` keyed by its sources (file path, size, mtime or hub id) and n.
@@ -20,6 +25,7 @@ import io
 import json
 import logging
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -56,24 +62,64 @@ def settings(cfg: DictConfig) -> dict[str, Any]:
     return h
 
 
+class Hygiene:
+    """Streaming dedup + decontamination (see the module docstring); `counts` for the stage metrics."""
+
+    def __init__(self, cfg: DictConfig):
+        h = settings(cfg)
+        self.enabled = bool(h["enabled"])
+        self.dedup = NearDupIndex(float(h["near_dup_threshold"])) if self.enabled and h["dedup"] else None
+        self.n = int(h["ngram"])
+        fields = list(h["fields"])
+        self.prompt_fields = [f for f in fields if f != "completion"]
+        self.completion_checked = "completion" in fields
+        self.index: set[int] = set()
+        self.counts: dict[str, Any] = {"hygiene_input": 0}
+        if not self.enabled:
+            self.counts["hygiene_enabled"] = 0
+            return
+        if self.dedup is not None:
+            self.counts.update(exact_duplicates=0, near_duplicates=0)
+        self.decontaminate = bool(h["decontaminate"])
+        if self.decontaminate:
+            benchmarks = list(OmegaConf.select(cfg, "task.benchmarks", default=None) or [])
+            self.index, loaded, unavailable = benchmark_index(benchmarks, self.n, data_dir_of(cfg), cache_dir_of(cfg))
+            self.counts.update(contaminated=0, decontam_benchmarks=loaded, decontam_unavailable=unavailable,
+                               decontam_ngrams=len(self.index))
+        self.counts["hygiene_kept"] = 0
+
+    def check(self, record: dict) -> str | None:
+        """Why the record (prompt fields only; no completion yet) is dropped, or None to keep it."""
+        self.counts["hygiene_input"] += 1
+        if not self.enabled:
+            return None
+        if self.dedup is not None:
+            why = self.dedup.add(str(record.get("prompt", "")))
+            if why is not None:
+                self.counts[f"{why}_duplicates"] += 1
+                return f"{why}_duplicate"
+        if self.decontaminate and self.prompt_fields and contaminated(record_text(record, self.prompt_fields),
+                                                                      self.index, self.n):
+            self.counts["contaminated"] += 1
+            return "contaminated"
+        self.counts["hygiene_kept"] += 1
+        return None
+
+    def check_completion(self, record: dict) -> str | None:
+        """After the teacher: decontamination of the completion when data.hygiene.fields names it."""
+        if not (self.enabled and self.decontaminate and self.completion_checked):
+            return None
+        if contaminated(str(record.get("completion", "")), self.index, self.n):
+            self.counts["contaminated"] += 1
+            self.counts["hygiene_kept"] -= 1
+            return "contaminated"
+        return None
+
+
 def filter_records(records: list[dict], cfg: DictConfig) -> tuple[list[dict], dict[str, Any]]:
-    h = settings(cfg)
-    counts: dict[str, Any] = {"hygiene_input": len(records)}
-    if not h["enabled"]:
-        return records, {**counts, "hygiene_enabled": 0}
-    kept = records
-    if h["dedup"]:
-        kept, exact, near = dedup(kept, float(h["near_dup_threshold"]))
-        counts.update(exact_duplicates=exact, near_duplicates=near)
-    if h["decontaminate"]:
-        benchmarks = list(OmegaConf.select(cfg, "task.benchmarks", default=None) or [])
-        index, loaded, unavailable = benchmark_index(benchmarks, int(h["ngram"]), data_dir_of(cfg), cache_dir_of(cfg))
-        before = len(kept)
-        kept = [r for r in kept if not contaminated(record_text(r, h["fields"]), index, int(h["ngram"]))]
-        counts.update(contaminated=before - len(kept), decontam_benchmarks=loaded, decontam_unavailable=unavailable,
-                      decontam_ngrams=len(index))
-    counts["hygiene_kept"] = len(kept)
-    return kept, counts
+    h = Hygiene(cfg)
+    kept = [r for r in records if h.check(r) is None and h.check_completion(r) is None]
+    return kept, h.counts
 
 
 def record_text(record: dict, fields: list[str]) -> str:
@@ -96,30 +142,84 @@ def normalize(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def dedup(records: list[dict], threshold: float, field: str = "prompt", num_perm: int = 128) -> tuple[list[dict], int, int]:
-    """(kept, exact duplicates, near duplicates): first occurrence wins; near = MinHash Jaccard of
-    char 5-gram shingles (the same shingles the diversity metric uses) >= threshold."""
-    from datasketch import MinHash, MinHashLSH
+class NearDupIndex:
+    """The texts kept so far, compactly: `add(text)` says "exact" / "near" (a duplicate of a kept text; not
+    added) or None (new; added). Near = MinHash Jaccard of char 5-gram shingles (the same shingles the
+    diversity metric uses) >= threshold, found through LSH band buckets (datasketch's optimal bands for
+    the threshold) and confirmed on the signatures."""
 
-    seen: set[str] = set()
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    kept_hashes: dict[int, MinHash] = {}
-    kept, exact, near = [], 0, 0
-    for i, r in enumerate(records):
-        text = normalize(str(r.get(field, "")))
-        if text in seen:
-            exact += 1
-            continue
-        m = MinHash(num_perm=num_perm, seed=1)
+    BLOCK = 8192
+
+    def __init__(self, threshold: float, num_perm: int = 128):
+        from datasketch.lsh import _optimal_param
+
+        self.threshold, self.num_perm = threshold, num_perm
+        bands, rows = _optimal_param(threshold, num_perm, 0.5, 0.5)
+        self.bands = [(i * rows, (i + 1) * rows) for i in range(bands)]
+        self.exact: set[int] = set()
+        # signatures in fixed blocks of BLOCK rows: growing never copies (a doubling array would hold the
+        # old and the new copy at once, 1.5x the index at the peak)
+        self.blocks: list[np.ndarray] = []
+        self.size = 0
+        # band content -> text index(es); keyed by hash(), not the bytes (64 bytes a band): collisions
+        # only add candidates, which the signature comparison then rejects
+        self.buckets: list[dict[int, int | list[int]]] = [{} for _ in self.bands]
+        self._template = None
+
+    def signature(self, text: str) -> np.ndarray:
+        from datasketch import MinHash
+
+        if self._template is None:  # drawing the permutations is most of a MinHash's cost: once
+            self._template = MinHash(num_perm=self.num_perm, seed=1)
+        t = self._template
+        m = MinHash(num_perm=self.num_perm, seed=1, permutations=t.permutations, scheme=t.scheme)
         m.update_batch(list(shingles(text)))
-        if any(m.jaccard(kept_hashes[j]) >= threshold for j in lsh.query(m)):  # LSH gives candidates; confirm
-            near += 1
-            continue
-        seen.add(text)
-        lsh.insert(i, m)
-        kept_hashes[i] = m
-        kept.append(r)
-    return kept, exact, near
+        return m.hashvalues.astype(np.uint32)
+
+    def add(self, text: str) -> str | None:
+        text = normalize(text)
+        digest = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+        if digest in self.exact:
+            return "exact"
+        sig = self.signature(text)
+        keys = [hash(sig[a:b].tobytes()) for a, b in self.bands]
+        candidates: set[int] = set()
+        for bucket, key in zip(self.buckets, keys, strict=True):
+            hit = bucket.get(key)
+            if hit is not None:
+                candidates.update(hit if isinstance(hit, list) else (hit,))
+        if candidates:
+            found = np.stack([self.blocks[j // self.BLOCK][j % self.BLOCK] for j in sorted(candidates)])
+            if float(np.max(np.mean(found == sig, axis=1))) >= self.threshold:
+                return "near"
+        self.exact.add(digest)
+        i = self.size
+        if i % self.BLOCK == 0:
+            self.blocks.append(np.empty((self.BLOCK, self.num_perm), dtype=np.uint32))
+        self.blocks[-1][i % self.BLOCK] = sig
+        self.size += 1
+        for bucket, key in zip(self.buckets, keys, strict=True):
+            hit = bucket.get(key)
+            if hit is None:
+                bucket[key] = i  # most buckets hold one text: an int, not a list
+            elif isinstance(hit, list):
+                hit.append(i)
+            else:
+                bucket[key] = [hit, i]
+        return None
+
+
+def dedup(records: list[dict], threshold: float, field: str = "prompt", num_perm: int = 128) -> tuple[list[dict], int, int]:
+    """(kept, exact duplicates, near duplicates) over a list: first occurrence wins (`NearDupIndex`)."""
+    index = NearDupIndex(threshold, num_perm)
+    kept, why = [], Counter()
+    for r in records:
+        reason = index.add(str(r.get(field, "")))
+        if reason is None:
+            kept.append(r)
+        else:
+            why[reason] += 1
+    return kept, why["exact"], why["near"]
 
 
 # ---------------------------------------------------------------- decontamination

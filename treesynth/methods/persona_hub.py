@@ -129,10 +129,10 @@ class PersonaHub(CallStream):
             row["samples"] = self.env.task.parse_samples(await self.env.llm.complete(req), self.k)
         return row
 
-    async def ensure(self, n: int) -> None:
+    async def ensure(self, n: int, start: int = 0) -> None:
         # the personas these calls use, before the calls run concurrently
-        await self._ensure_pool([c for c in range(math.ceil(n / self.k)) if c not in self.calls])
-        await super().ensure(n)
+        await self._ensure_pool([c for c in range(start // self.k, math.ceil(n / self.k)) if c not in self.calls])
+        await super().ensure(n, start)
 
     def plan(self, size: int) -> dict[str, Any]:
         out = super().plan(size)

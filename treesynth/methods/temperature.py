@@ -5,6 +5,8 @@ seed pool of evol_instruct): stream position p is slot p % k of generation call 
 call, each call with its own derived seed), so any prefix is fixed by the seed; a call that returns
 fewer valid samples leaves its missing slots empty (skipped) and the stage refills with later calls.
 Every call is appended to a checkpoint log, so a rerun replays it and generates only what is missing.
+The log is read by call number (`KeyedLog`): only call numbers and file offsets stay in memory, plus the
+calls of the chunk the stage is working on, so a million-record stream runs in flat memory.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from treesynth.errors import TreesynthError
 from treesynth.llm import ChatRequest, derive_seed
-from treesynth.methods.base import Checkpoint, Method, MethodEnv, PromptRecord
+from treesynth.methods.base import KeyedLog, Method, MethodEnv, PromptRecord
 from treesynth.prompts import render
 from treesynth.tasks import TaskSpec
 
@@ -41,8 +43,7 @@ class CallStream(Method):
         if self.k < 1:
             raise TreesynthError(f"method.samples_per_call must be >= 1, got {self.k}")
         self.temperature = float(env.cfg.get("temperature", 1.0))
-        self.log = Checkpoint(env.work_dir / self.log_name)
-        self.calls: dict[int, dict] = {row["call"]: row for row in self.log.rows()}
+        self.calls = KeyedLog(env.work_dir / self.log_name, "call")
 
     @abstractmethod
     async def call(self, c: int) -> dict:
@@ -61,32 +62,41 @@ class CallStream(Method):
         return task.sample_request(attributes, self.k, seed=seed, temperature=self.temperature,
                                    max_tokens=task.sample_max_tokens(self.k))
 
-    async def ensure(self, n: int) -> None:
-        """Make every call behind positions [0, n) exist (run the missing ones concurrently)."""
-        missing = [c for c in range(math.ceil(n / self.k)) if c not in self.calls]
+    async def ensure(self, n: int, start: int = 0) -> None:
+        """Make every call behind positions [start, n) exist (run the missing ones concurrently). Calls that
+        finished are logged even when another one raised (a budget stop): none is paid for twice."""
+        missing = [c for c in range(start // self.k, math.ceil(n / self.k)) if c not in self.calls]
         if not missing:
             return
         try:
-            rows = await asyncio.gather(*(self.call(c) for c in missing))
+            rows = await asyncio.gather(*(self.call(c) for c in missing), return_exceptions=True)
             for row in rows:  # appended in call order
-                self.calls[row["call"]] = row
-                self.log.append(row)
+                if not isinstance(row, BaseException):
+                    self.calls.append(row)
+            errors = [r for r in rows if isinstance(r, BaseException)]
+            if errors:
+                raise errors[0]
         finally:
-            self.log.close()
+            self.calls.close()
 
-    async def positions(self, n: int) -> dict[int, tuple[dict, int, dict]]:
-        """Stream position -> (call row, slot, sample) for the positions in [0, n) that succeeded."""
-        await self.ensure(n)
+    async def positions(self, n: int, start: int = 0) -> dict[int, tuple[dict, int, dict]]:
+        """Stream position -> (call row, slot, sample) for the positions in [start, n) that succeeded."""
+        await self.ensure(n, start)
+        rows = self.calls.get_many(range(start // self.k, math.ceil(n / self.k)))
         out = {}
-        for p in range(n):
+        for p in range(start, n):
             c, slot = divmod(p, self.k)
-            samples = self.calls[c]["samples"]
+            samples = rows[c]["samples"]
             if slot < len(samples):
-                out[p] = (self.calls[c], slot, samples[slot])
+                out[p] = (rows[c], slot, samples[slot])
         return out
 
     async def prompts(self, n: int) -> list[PromptRecord]:
-        return [self.record(row, slot, s) for row, slot, s in (await self.positions(n)).values()]
+        return await self.prompts_between(0, n)
+
+    async def prompts_between(self, start: int, stop: int) -> list[PromptRecord]:
+        self.calls.forget()  # the stage has moved on: earlier calls are read from disk if ever needed
+        return [self.record(row, slot, s) for row, slot, s in (await self.positions(stop, start)).values()]
 
     def plan(self, size: int) -> dict[str, Any]:
         calls = math.ceil(size / self.k)

@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from treesynth.errors import TreesynthError
 from treesynth.llm import LLM, ChatRequest, Completion, derive_seed, online_requests
 from treesynth.methods.base import Checkpoint
+from treesynth.progress import Progress
 from treesynth.prompts import render
 from treesynth.tasks import TaskSpec, format_attributes
 from treesynth.tree.node import EXPANDED, LEAF, PENDING, Node, Tree
@@ -267,6 +268,7 @@ class TreeBuilder:
         self.tree = Tree(Node(id="0", depth=0))
         self.calls_used = 0  # LLM requests spent on the tree (restored on resume)
         self._calls_reserved = 0
+        self.progress: Progress | None = None
 
     # replay ------------------------------------------------------------------------------------
     def _replay(self) -> int:
@@ -285,11 +287,18 @@ class TreeBuilder:
         pending = [n for n in self.tree.sorted_nodes() if n.status == PENDING]
         if replayed:
             log.info("[tree] resumed: %d nodes done, %d pending", replayed, len(pending))
+        if not pending:
+            return self.tree
+        self.progress = Progress("tree", None, "nodes", llms=(self.llm,), extra=lambda: {
+            "pending": sum(1 for n in self.tree.nodes.values() if n.status == PENDING),
+            "leaves": sum(1 for n in self.tree.nodes.values() if n.status == LEAF), "tree calls": self.calls_used})
         try:
             with online_requests():  # each call depends on the one before: never wait for a batch
                 await asyncio.gather(*(self._expand(n) for n in pending))
         finally:
             self.events.close()
+            self.progress.close()
+        log.info("[tree] %s", self.progress.line())
         return self.tree
 
     async def _expand(self, node: Node) -> None:
@@ -302,6 +311,8 @@ class TreeBuilder:
             node.status = LEAF
         # One event per finished node (parent before children): the checkpoint a rerun replays.
         self.events.append({"node": node.to_dict(), "children": [c.to_dict() for c in children]})
+        if self.progress is not None:
+            self.progress.update()
         await asyncio.gather(*(self._expand(c) for c in children))
 
     def _leaf(self, node: Node, reason: str) -> list[Node]:

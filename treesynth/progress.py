@@ -1,0 +1,168 @@
+"""Progress of a long stage while it works: counts done / target, rate, ETA and, where LLMs are involved,
+requests/s, tokens and dollars so far.
+
+On a terminal it is a live tqdm bar; in a log or under a launcher (no TTY) it is one log line every
+`progress.every_s` seconds (default 30), written by a timer thread, so a stage stuck on a slow endpoint
+still reports. `progress.bar`: auto (bar on a TTY) | always | never. The totals stay in the stage metrics
+(`Progress.totals()`), the lines are only the live view.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+log = logging.getLogger("treesynth")
+
+DEFAULT_EVERY_S = 30.0
+_configured: dict[str, Any] = {"every_s": DEFAULT_EVERY_S, "bar": "auto"}  # set once per stage by configure()
+
+
+def settings(cfg: Any) -> tuple[float, str]:
+    """(seconds between log lines, bar mode) from the `progress` config node (absent: the defaults)."""
+    node = cfg.get("progress") if cfg is not None and hasattr(cfg, "get") else None
+    node = node or {}
+    every = float(node.get("every_s", DEFAULT_EVERY_S))
+    bar = str(node.get("bar", "auto"))
+    if every <= 0:
+        from treesynth.errors import TreesynthError
+
+        raise TreesynthError(f"progress.every_s must be > 0, got {every}")
+    return every, bar
+
+
+def configure(cfg: Any) -> None:
+    """Make the run's `progress` settings the default of every Progress in this process (the stage calls
+    it; code deep inside a stage, e.g. the tree builder, then needs no config)."""
+    _configured["every_s"], _configured["bar"] = settings(cfg)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def _count(n: float) -> str:
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.1f}{suffix}"
+    return str(int(n))
+
+
+class Progress:
+    """`done` of `total` `unit`s; `llms`: objects with `.stats` (LLMStats) whose requests, tokens and
+    cost are summed into every line; `extra()`: more fields for the line (e.g. nodes pending)."""
+
+    def __init__(self, name: str, total: int | None = None, unit: str = "records", *, llms: Iterable[Any] = (),
+                 every_s: float | None = None, bar: str | None = None,
+                 extra: Callable[[], dict[str, Any]] | None = None):
+        self.name, self.total, self.unit = name, total, unit
+        given = [x for x in llms if x is not None]
+        self.llms = [x for i, x in enumerate(given) if all(x is not y for y in given[:i])]  # generator may be teacher
+        self.every_s = float(every_s if every_s is not None else _configured["every_s"])
+        bar = bar if bar is not None else str(_configured["bar"])
+        self.extra = extra
+        self.done = 0
+        self.lines = 0
+        self.start = time.monotonic()
+        self._base = self._llm_totals()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._bar = None
+        use_bar = bar == "always" or (bar == "auto" and sys.stderr.isatty())
+        if use_bar:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, desc=f"[{name}]", unit=unit[:-1] if unit.endswith("s") else unit,
+                             dynamic_ncols=True, leave=False)
+        else:
+            self._thread = threading.Thread(target=self._tick, name=f"progress-{name}", daemon=True)
+            self._thread.start()
+
+    # ------------------------------------------------------------------ counting
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+            self._bar.set_postfix_str(self._llm_part(), refresh=False)
+
+    def set(self, done: int, total: int | None = None) -> None:
+        if total is not None:
+            self.total = total
+            if self._bar is not None:
+                self._bar.total = total
+        self.update(done - self.done)
+
+    # ------------------------------------------------------------------ reporting
+    def _llm_totals(self) -> dict[str, float]:
+        keys = ("requests", "calls", "cache_hits", "prompt_tokens", "completion_tokens", "cost_usd")
+        return {k: float(sum(getattr(x.stats, k) for x in self.llms)) for k in keys}
+
+    def llm_delta(self) -> dict[str, float]:
+        """What the LLMs did since this progress started."""
+        now = self._llm_totals()
+        return {k: now[k] - self._base[k] for k in now}
+
+    def _llm_part(self) -> str:
+        if not self.llms:
+            return ""
+        d = self.llm_delta()
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        return (f"requests {int(d['requests'])} ({d['calls'] / elapsed:.0f} calls/s, {int(d['cache_hits'])} cached)"
+                f" | tokens {_count(d['prompt_tokens'])} in / {_count(d['completion_tokens'])} out"
+                f" | ${d['cost_usd']:.4f}")
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.start
+        parts = []
+        if self.total:
+            pct = 100.0 * self.done / self.total
+            parts.append(f"{self.unit} {self.done}/{self.total} ({pct:.0f}%)")
+        else:
+            parts.append(f"{self.unit} {self.done}")
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        parts.append(f"{rate:.1f}/s")
+        if self.extra is not None:
+            parts.append(", ".join(f"{k} {v}" for k, v in self.extra().items()))
+        llm = self._llm_part()
+        if llm:
+            parts.append(llm)
+        parts.append(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+        parts.append(f"elapsed {_duration(elapsed)}")
+        if self.total and 0 < self.done < self.total and rate > 0:
+            parts.append(f"ETA {_duration((self.total - self.done) / rate)}")
+        return f"[{self.name}] " + " | ".join(parts)
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every_s):
+            log.info("%s", self.line())
+            self.lines += 1
+
+    def totals(self) -> dict[str, Any]:
+        """For the stage metrics: elapsed seconds and the rates over the whole stage."""
+        elapsed = time.monotonic() - self.start
+        d = self.llm_delta()
+        out: dict[str, Any] = {"elapsed_s": round(elapsed, 2), f"{self.unit}_per_s": round(self.done / max(elapsed, 1e-9), 2)}
+        if self.llms:
+            out["llm_calls_per_s"] = round(d["calls"] / max(elapsed, 1e-9), 2)
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._bar is not None:
+            self._bar.close()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
