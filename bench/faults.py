@@ -109,7 +109,9 @@ def _instance(schema: dict, rng: random.Random) -> Any:
 def synthesis_overrides(base_url: str, size: int, root: Path, method: list[str], extra: list[str]) -> list[str]:
     """`run.py` overrides of one synthesis-only run over the stub, writing only under `root`."""
     return [
-        "stages=[synthesize]", "task=gsm8k", *method, "llm=openai",
+        # constrained: every request is a JSON-schema request with one sample, the setting the figures were
+        # first measured in (the fault handling is the same for the open profile's free-text teacher)
+        "stages=[synthesize]", "task=gsm8k", *method, "llm=openai", "llm.profile=constrained",
         "llm.model=stub-model", "llm.api_key_env=null", f"llm.runtime.base_urls=[{base_url}]",
         "llm.runtime.backoff_base_s=0.05", "llm.runtime.backoff_max_s=0.5",
         f"data.size={size}", f"paths.artifacts={root / 'artifacts'}", f"paths.results={root / 'results'}",

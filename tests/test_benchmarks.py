@@ -219,6 +219,18 @@ def test_user_benchmark_is_decontaminated_against(user_dir, tmp_path, monkeypatc
     assert counts["contaminated"] == 1 and kept == []
 
 
+def test_editing_a_user_benchmark_file_changes_the_synthesis_key(user_dir, tmp_path):
+    # decontamination reads it: a stale dataset must not be reused after the benchmark's file changed
+    from treesynth.pipeline import stage_key
+
+    cfg = compose_config(["task.benchmarks=[capitals]"], tmp_path)
+    before = stage_key(cfg, "synthesize")
+    write_jsonl(user_dir / "capitals.jsonl", [{"q": "Peru", "a": "Lima"}])
+    assert stage_key(cfg, "synthesize") != before
+    assert stage_key(compose_config(["task.benchmarks=[capitals]", "data.hygiene.decontaminate=false"], tmp_path),
+                     "synthesize") != before
+
+
 # ---------------------------------------------------------------- lm-eval tasks by name
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from treesynth.datasets import file_digest, local_data_digest
+from treesynth.datasets import benchmark_digests, file_digest, local_data_digest
 from treesynth.errors import TreesynthError
 from treesynth.io import atomic_write_json, iter_jsonl, write_failed
 from treesynth.llm import LLM, Budget, BudgetExceeded, build_llm, price_of
@@ -91,8 +91,11 @@ def key_inputs(cfg: DictConfig) -> dict[str, Any]:
         value = cfg.method.get(name)
         if value and Path(str(value)).is_file():
             files[name] = file_digest(str(value))
+    decontaminates = OmegaConf.select(cfg, "data.hygiene.decontaminate", default=False)
     return {"data": local_data_digest(folders, cfg.data.get("dir")), "method_files": files,
-            "profiles": used_profiles(cfg)}
+            "profiles": used_profiles(cfg),
+            # decontamination reads the benchmarks: their registry entries and a user benchmark's own file
+            "benchmarks": benchmark_digests(task.get("benchmarks") or [], cfg.data.get("dir")) if decontaminates else {}}
 
 
 def describe_profiles(task: TaskSpec) -> str:
