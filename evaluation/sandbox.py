@@ -130,10 +130,12 @@ def _bwrap_argv(bwrap: str, script: Path, info_fd: int | None = None) -> list[st
     for f in _SYSTEM_FILES:
         if os.path.exists(f):
             argv += ["--ro-bind", f, f]
+    # The workspace tmpfs first, the Python installation after it: a venv that lives under the workspace's
+    # path on the host (a checkout in /tmp, as CI's fresh clone) is then bound on top, not hidden by it.
+    argv += ["--dev", "/dev", "--size", str(WORKSPACE_MB * 1024 * 1024), "--tmpfs", INSIDE_DIR]
     for d in _python_dirs():
         argv += ["--ro-bind", d, d]
-    argv += ["--dev", "/dev", "--size", str(WORKSPACE_MB * 1024 * 1024), "--tmpfs", INSIDE_DIR,
-             "--ro-bind", str(script), f"{INSIDE_DIR}/{script.name}",
+    argv += ["--ro-bind", str(script), f"{INSIDE_DIR}/{script.name}",
              # Only the workspace stays writable (the root and /dev are tmpfs bwrap made: RAM, no cap).
              "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", INSIDE_DIR]
     return argv
