@@ -309,3 +309,14 @@ def test_eval_json_states_the_sandbox_of_code_benchmarks(tmp_path):
         res = run_eval(eval_cfg(limit=1, sandbox=mode), ["mbpp"], "scripted", None, str(DATA), tmp_path / mode, lm=lm)
         b = res["benchmarks"]["mbpp"]
         assert b["settings"]["sandbox"] == mode and b["metrics"]["pass_at_1"] == 1.0
+
+
+def test_a_venv_under_the_workspace_path_stays_visible(monkeypatch, tmp_path):
+    """CI clones into /tmp: the workspace tmpfs at /tmp must not hide a venv there (mounted first, bound after)."""
+    from evaluation import sandbox
+
+    monkeypatch.setattr(sandbox, "_python_dirs", lambda: ["/tmp/clone/.venv"])
+    argv = sandbox._bwrap_argv("bwrap", tmp_path / "p.py")
+    tmpfs = argv.index("--tmpfs")
+    assert argv[tmpfs + 1] == sandbox.INSIDE_DIR
+    assert argv.index("/tmp/clone/.venv") > tmpfs
