@@ -244,15 +244,19 @@ class TaskSpec:
             return None
         return text
 
+    def _ending(self, text: str) -> re.Match | None:
+        """The answer format where it ends the text (trailing whitespace allowed)."""
+        return re.search(f"(?:{self.answer.format})\\s*\\Z", text, re.S)
+
     def final_answer(self, text: str) -> str | None:
         """The `answer` group of the answer format at the end of text (the whole match without one)."""
-        m = re.search(f"(?:{self.answer.format})\\s*\\Z", text, re.S)
+        m = self._ending(text)
         if m is None:
             return None
-        return m.groupdict().get("answer", m.group(0)) if "answer" in m.re.groupindex else m.group(0)
+        return m.group("answer") if "answer" in m.re.groupindex else m.group(0)
 
     def ends_in_answer_format(self, text: str) -> bool:
-        return re.search(f"(?:{self.answer.format})\\s*\\Z", text, re.S) is not None
+        return self._ending(text) is not None
 
 
 def format_attributes(attributes: list[tuple[str, str]]) -> str:
