@@ -43,11 +43,11 @@ from treesynth.methods import Method, MethodEnv, method_class
 from treesynth.methods.base import PromptRecord
 from treesynth.methods.hygiene import Hygiene
 from treesynth.methods.verify import verify_records
-from treesynth.pipeline import StageContext
 from treesynth.profiles import used_profiles
 from treesynth.progress import Progress
 from treesynth.progress import configure as configure_progress
 from treesynth.respond import respond, response_log
+from treesynth.stage_context import StageContext
 from treesynth.tasks import TaskSpec, task_of
 
 log = logging.getLogger("treesynth")

@@ -32,8 +32,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from treesynth.errors import TreesynthError
+from treesynth.io import Checkpoint
 from treesynth.llm import LLM, ChatRequest, Completion, derive_seed, online_requests
-from treesynth.methods.base import Checkpoint
 from treesynth.progress import Progress
 from treesynth.prompts import render
 from treesynth.tasks import TaskSpec, format_attributes
