@@ -238,9 +238,6 @@ class LLM:
         finally:
             bar.close()
 
-    def generate_sync(self, requests: Sequence[ChatRequest], desc: str | None = None) -> list[Completion]:
-        return asyncio.run(self.generate(requests, desc))
-
     async def aclose(self) -> None:
         await self.backend.aclose()
 
