@@ -96,7 +96,8 @@ def import_graph() -> dict[str, set[str]]:
 
 
 def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """One cycle per strongly connected component of more than one module (Tarjan), as a path a -> ... -> a."""
+    """The cycles of the strongly connected components of more than one module (Tarjan): a shortest one
+    through each of their modules, as paths a -> ... -> a."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -127,12 +128,20 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     for v in sorted(graph):
         if v not in index:
             visit(v)
-    return [_cycle_in(comp, graph) for comp in components]
+    cycles: list[list[str]] = []
+    for comp in components:  # a shortest cycle through each module, each cycle once
+        seen: set[frozenset[tuple[str, str]]] = set()
+        for start in sorted(comp):
+            cycle = _cycle_through(start, comp, graph)
+            edges = frozenset(zip(cycle, cycle[1:], strict=False))
+            if edges not in seen:
+                seen.add(edges)
+                cycles.append(cycle)
+    return cycles
 
 
-def _cycle_in(comp: set[str], graph: dict[str, set[str]]) -> list[str]:
-    """A shortest cycle through the component's first module (breadth-first back to it)."""
-    start = min(comp)
+def _cycle_through(start: str, comp: set[str], graph: dict[str, set[str]]) -> list[str]:
+    """A shortest cycle from `start` back to it inside its component (breadth-first)."""
     parent: dict[str, str] = {}
     frontier = [start]
     while frontier:
@@ -148,7 +157,7 @@ def _cycle_in(comp: set[str], graph: dict[str, set[str]]) -> list[str]:
                     parent[w] = v
                     nxt.append(w)
         frontier = nxt
-    raise AssertionError(f"no cycle in component {comp}")
+    raise AssertionError(f"{start} is on no cycle of {comp}")
 
 
 def test_the_import_graph_has_no_cycle():
@@ -156,7 +165,14 @@ def test_the_import_graph_has_no_cycle():
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
-def test_the_graph_sees_function_local_lazy_and_package_imports(tmp_path):
+def test_the_bottom_layer_imports_nothing_above_it():
+    """io, the registry and the stage contract sit under everything: they import only the error type."""
+    graph = import_graph()
+    for module in ("treesynth.io", "treesynth.registry", "treesynth.stage_context", "treesynth.errors"):
+        assert graph[module] <= {"treesynth.errors"}, (module, graph[module])
+
+
+def test_the_graph_sees_function_local_lazy_and_package_imports():
     """The reader itself: a cycle hidden in a function, a registry string or a package __init__ is found."""
     graph = import_graph()
     assert "treesynth.io" in graph["treesynth.pipeline"]  # module level
@@ -166,4 +182,5 @@ def test_the_graph_sees_function_local_lazy_and_package_imports(tmp_path):
     assert "treesynth.methods" not in graph["treesynth.methods.base"]  # its own package: already initialised
     toy = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert find_cycles(toy) == [["a", "b", "c", "a"]]
+    assert find_cycles({"p": {"s", "t"}, "s": {"p"}, "t": {"p"}}) == [["p", "s", "p"], ["t", "p", "t"]]
     assert find_cycles({"a": {"b"}, "b": set()}) == []
