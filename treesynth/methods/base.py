@@ -5,7 +5,7 @@ n returns the same records first and only generates the missing ones. The shared
 (treesynth/synthesize.py) asks for more positions when the teacher or hygiene drops records, so every
 method gets exact sizing, the teacher step, hygiene and resume for free.
 
-A method checkpoints whatever it generates in `env.work_dir` (append-only logs via `Checkpoint`), so a
+A method checkpoints whatever it generates in `env.work_dir` (append-only logs: treesynth/io.py `Checkpoint`), so a
 killed run resumes without losing or duplicating records; every LLM request carries a seed from
 `derive_seed(env.seed, <what it is for>, ...)`, so reruns hit the request cache.
 """
