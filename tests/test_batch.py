@@ -20,8 +20,8 @@ from conftest import REPO
 from treesynth.errors import TreesynthError
 from treesynth.io import read_jsonl
 from treesynth.llm import LLM, ChatRequest, build_backend, build_llm, online_requests
-from treesynth.llm.stub_server import StubServer
 from treesynth.pipeline import run_pipeline, stage_dir
+from treesynth.testing.stub_server import StubServer
 
 FAST = {"window_s": 0.1, "poll_s": 0.05}
 
