@@ -32,16 +32,15 @@ from pathlib import Path
 from typing import Any
 
 from treesynth.errors import TreesynthError
-from treesynth.llm.base import Backend, ChatRequest, Completion, LLMError, wants_online
+from treesynth.llm.base import Backend, ChatRequest, Completion, LLMError, batchable
 from treesynth.llm.batch_api import ACTIVE, TERMINAL, BatchAPI, BatchAPIError, jsonl_line, read_results
 from treesynth.llm.batch_checkpoint import BatchCheckpoint, keys_digest
+from treesynth.llm.client import Price, price_of
 from treesynth.llm.openai_compat import OpenAIBackend, TransportStats
 
 log = logging.getLogger("treesynth")
 
 MODES = ("online", "batch")
-# Schema titles of tree-building calls (treesynth/tree/builder.py): online even outside online_requests().
-ONLINE_TITLES = frozenset({"criterion", "propose", "assign", "coverage"})
 
 
 @dataclass
@@ -52,19 +51,19 @@ class BatchSettings:
     poll_s: float = 30.0
     completion_window: str = "24h"
     line_retries: int = 2  # a failed or expired line goes into a new batch this often
-    discount: float = 0.5  # batch price = (1 - discount) x online price
 
     @classmethod
     def of(cls, raw: dict | None) -> BatchSettings:
         raw = dict(raw or {})
+        raw.pop("discount", None)  # the batch price: read with the online one, by client.price_of
         unknown = set(raw) - set(cls.__dataclass_fields__)
         if unknown:
             raise TreesynthError(f"llm.runtime.batch: unknown keys {sorted(unknown)}; "
                                  f"known: {sorted(cls.__dataclass_fields__)}")
         s = cls(**raw)
-        if s.window_s < 0 or s.max_requests < 1 or s.poll_s <= 0 or s.line_retries < 0 or not 0 <= s.discount < 1:
-            raise TreesynthError("llm.runtime.batch: window_s >= 0, max_requests >= 1, poll_s > 0, "
-                                 "line_retries >= 0 and 0 <= discount < 1 required")
+        if s.window_s < 0 or s.max_requests < 1 or s.poll_s <= 0 or s.line_retries < 0:
+            raise TreesynthError("llm.runtime.batch: window_s >= 0, max_requests >= 1, poll_s > 0 and "
+                                 "line_retries >= 0 required")
         return s
 
 
@@ -73,8 +72,7 @@ class BatchStats:
     """Batch counters plus the online backend's transport counters (one `as_dict` for LLMStats)."""
 
     online: TransportStats
-    settings: BatchSettings
-    price: dict[str, float] | None = None  # online USD per 1M tokens {input, output} (llm.runtime.price)
+    price: Price  # the model's, with the batch discount (client.price_of)
     batches: int = 0  # batches this process created
     batches_resumed: int = 0  # recorded unfinished batches a rerun picked up
     batched_requests: int = 0  # lines submitted (retried lines counted again)
@@ -85,24 +83,17 @@ class BatchStats:
     batch_completion_tokens: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        d = self.settings.discount
+        d = self.price.batch_discount
         out: dict[str, Any] = {**self.online.as_dict(), **{
-            k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("online", "settings", "price")}}
-        # Saved = what these tokens would have cost online minus what they cost in a batch.
+            k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("online", "price")}}
+        # Saved = what these tokens would have cost online minus what they cost in a batch (the LLM
+        # layer's cost_usd already counts the batch price).
         saved_p, saved_c = self.batch_prompt_tokens * d, self.batch_completion_tokens * d
         out["batch_discount"] = d
         out["batch_saved_prompt_tokens"] = round(saved_p)
         out["batch_saved_completion_tokens"] = round(saved_c)
-        if self.price is not None:
-            usd = (saved_p * self.price["input"] + saved_c * self.price["output"]) / 1e6
-            out["batch_saved_usd"] = round(usd, 6)
+        out["batch_saved_usd"] = round(self.price.cost(saved_p, saved_c), 6)
         return out
-
-
-def batchable(request: ChatRequest) -> bool:
-    """False for requests that must be answered now: inside online_requests(), or tree-building steps."""
-    title = (request.json_schema or {}).get("title")
-    return not wants_online() and title not in ONLINE_TITLES
 
 
 @dataclass
@@ -134,7 +125,7 @@ class BatchBackend(Backend):
         self.model = online.model
         self.answer_retries = online.answer_retries
         self.settings = BatchSettings.of(rt.get("batch"))
-        self.transport_stats = BatchStats(online.transport_stats, self.settings, _price(rt.get("price")))
+        self.transport_stats = BatchStats(online.transport_stats, price_of(cfg))
         self.checkpoint = BatchCheckpoint(state_dir)
         self._state: _Loop | None = None
 
@@ -320,14 +311,6 @@ class BatchBackend(Backend):
         self.transport_stats.batch_failed_lines += 1
         if not line.future.done():
             line.future.set_exception(LLMError(reason))
-
-
-def _price(raw: Any) -> dict[str, float] | None:
-    """`llm.runtime.price` {input, output} in USD per 1M tokens, when both are given."""
-    raw = dict(raw or {})
-    if raw.get("input") is None or raw.get("output") is None:
-        return None
-    return {"input": float(raw["input"]), "output": float(raw["output"])}
 
 
 def batch_mode(backend: Backend, cfg: dict, cache_dir: str | Path | None) -> Backend:
