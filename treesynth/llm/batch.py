@@ -2,8 +2,8 @@
 them (leaf samples, teacher answers) go through the OpenAI Batch API at its discount; the rest stays online.
 
 `BatchBackend` wraps an `OpenAIBackend`. A request made inside `online_requests()` (tree building:
-treesynth/tree/builder.py), or one whose schema is a tree-building step (`ONLINE_TITLES`), goes straight
-to the online backend. Every other request is queued; when no new one has arrived for
+treesynth/tree/builder.py), or one whose schema is a tree-building step (`base.ONLINE_TITLES`), goes
+straight to the online backend (`base.batchable`). Every other request is queued; when no new one has arrived for
 `runtime.batch.window_s` (methods submit a step's requests together through asyncio.gather), or
 `max_requests` are queued, the queue becomes one batch (treesynth/llm/batch_api.py: a JSONL uploaded to
 /v1/files, POST /v1/batches; custom_id = the request's cache key, so answers map back through the request
@@ -19,8 +19,8 @@ from the kept results, so no line is paid twice.
 
 Accounting (`transport_stats`, reported in the stage metrics' `llm` block next to the online transport's
 counts): batches created and resumed, lines submitted, answers served from batches, line retries, lines
-failed for good, their tokens, and what the discount saved: tokens always, USD when the run is priced
-(`runtime.price`: {input, output} USD per 1M tokens online).
+failed for good, their tokens, and what the discount saved (tokens, USD at the model's price). The
+LLM layer pays batched answers at the batch price (`client.Price.batch_discount`: runtime.batch.discount).
 """
 
 from __future__ import annotations
