@@ -233,6 +233,8 @@ def test_bad_mode_is_one_line_error(tmp_path):
         build_llm({"backend": "scripted", "model": "m", "runtime": {"mode": "batch"}})
     with pytest.raises(TreesynthError, match="unknown keys"):
         build_llm({"backend": "openai", "model": "m", "runtime": {"mode": "batch", "batch": {"windows": 1}}})
+    with pytest.raises(TreesynthError, match=r"^llm.runtime.batch.discount must be in \[0, 1\), got 1.5$"):
+        build_llm({"backend": "openai", "model": "m", "runtime": {"mode": "batch", "batch": {"discount": 1.5}}})
 
 
 # ---- the synthesis stage ---------------------------------------------------------------------
