@@ -40,9 +40,9 @@ sys.path.insert(0, str(REPO))  # runnable from a checkout without install
 from omegaconf import OmegaConf  # noqa: E402
 
 from treesynth.llm import build_llm  # noqa: E402
-from treesynth.llm.scripted import WORDS  # noqa: E402
-from treesynth.llm.stub_server import StubServer  # noqa: E402
 from treesynth.tasks import load_task  # noqa: E402
+from treesynth.testing.scripted import WORDS  # noqa: E402
+from treesynth.testing.stub_server import StubServer  # noqa: E402
 from treesynth.tree.builder import TreeBuilder, TreeConfig  # noqa: E402
 from treesynth.tree.node import Node, Tree  # noqa: E402
 

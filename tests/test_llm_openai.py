@@ -22,7 +22,7 @@ import pytest
 from treesynth.errors import TreesynthError
 from treesynth.llm import LLM, ChatRequest, Completion, LLMError, RequestCache, build_llm
 from treesynth.llm.openai_compat import OpenAIBackend, retry_after_s
-from treesynth.llm.stub_server import StubReply, StubServer
+from treesynth.testing.stub_server import StubReply, StubServer
 
 SCHEMA = {
     "title": "pick",

@@ -272,9 +272,9 @@ def test_lm_eval_scoring_runs_code_in_bwrap(tmp_path, monkeypatch):
 
 def test_verify_runs_executed_tests_in_bwrap(tmp_path):
     from treesynth.llm import LLM
-    from treesynth.llm.scripted import ScriptedBackend
     from treesynth.methods.verify import verify_records
     from treesynth.tasks import task_of
+    from treesynth.testing.scripted import ScriptedBackend
 
     target = tmp_path / "written"
     code = f"open({str(target)!r}, 'w').write('x')\ndef add(a, b):\n    return a + b\nassert add(2, 3) == 5"

@@ -11,8 +11,8 @@ import pytest
 from conftest import compose_config
 
 from treesynth.llm import LLM
-from treesynth.llm.scripted import ScriptedBackend, by_title
 from treesynth.tasks import task_of
+from treesynth.testing.scripted import ScriptedBackend, by_title
 from treesynth.tree.builder import (
     CriterionError,
     TreeBuilder,
