@@ -230,7 +230,7 @@ def test_bad_mode_is_one_line_error(tmp_path):
     with pytest.raises(TreesynthError, match="llm.runtime.mode='bulk'"):
         build_llm({"backend": "openai", "model": "m", "runtime": {"mode": "bulk"}})
     with pytest.raises(TreesynthError, match="needs llm.backend=openai"):
-        build_llm({"backend": "scripted", "model": "m", "runtime": {"mode": "batch"}})
+        build_llm({"backend": "treesynth.testing.scripted:ScriptedBackend", "model": "m", "runtime": {"mode": "batch"}})
     with pytest.raises(TreesynthError, match="unknown keys"):
         build_llm({"backend": "openai", "model": "m", "runtime": {"mode": "batch", "batch": {"windows": 1}}})
     with pytest.raises(TreesynthError, match=r"^llm.runtime.batch.discount must be in \[0, 1\), got 1.5$"):

@@ -15,13 +15,17 @@ from treesynth.errors import TreesynthError
 from treesynth.llm import BACKENDS, build_backend
 from treesynth.testing.scripted import ScriptedBackend
 
+SCRIPTED = "treesynth.testing.scripted:ScriptedBackend"  # what conf/llm/scripted.yaml names
+
 
 def test_backend_names_resolve_through_the_registry():
-    assert sorted(BACKENDS) == ["embedded", "openai", "scripted", "vllm"]
-    assert isinstance(build_backend({"backend": "scripted", "model": "s"}), ScriptedBackend)
-    with pytest.raises(TreesynthError, match=r"^unknown llm backend 'gpt'; choose from embedded, openai, scripted, "
-                                             r"vllm \(llm=\.\.\. or llm\.backend=\.\.\.\)$"):
+    assert sorted(BACKENDS) == ["embedded", "openai", "vllm"]  # the product does not name the test double
+    assert isinstance(build_backend({"backend": SCRIPTED, "model": "s"}), ScriptedBackend)
+    with pytest.raises(TreesynthError, match=r"^unknown llm backend 'gpt'; choose from embedded, openai, vllm or a "
+                                             r"'module:attribute' reference \(llm=\.\.\. or llm\.backend=\.\.\.\)$"):
         build_backend({"backend": "gpt", "model": "m"})
+    with pytest.raises(TreesynthError, match=r"^llm backend 'treesynth.testing:Nope' cannot be loaded: .*Nope"):
+        build_backend({"backend": "treesynth.testing:Nope", "model": "m"})
 
 
 def test_no_product_module_imports_the_test_doubles():

@@ -103,7 +103,7 @@ def test_preflight_imports_nothing_heavy(tmp_path):
     (["method=evol_instruct", "method.copy_threshold=2"], "method.copy_threshold must be in (0, 1], got 2"),
     (["method=persona_hub", "method.pool_size=0"], "method.pool_size must be >= 1, got 0"),
     (["method.temperatures.pivot=-1"], "method.temperatures.pivot must be >= 0, got -1"),
-    (["teacher={backend: scripted, model: s, free_text: x, runtime: {delay_s: -1}}"],
+    (["teacher={backend: \"treesynth.testing.scripted:ScriptedBackend\", model: s, free_text: x, runtime: {delay_s: -1}}"],
      "teacher.runtime.delay_s must be >= 0, got -1"),
     (["method=treesynth_balance"], "method.source is required (set method.source=... on the command line)"),
     (["train.max_steps=${nope}"], "train.max_steps: Interpolation key 'nope' not found"),

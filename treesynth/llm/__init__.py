@@ -23,14 +23,13 @@ from treesynth.llm.client import (
 )
 from treesynth.registry import Registry
 
-# backend name -> "module:Class"; each class takes the llm config as a plain dict. `scripted` is the test
-# double of treesynth/testing/ (deterministic answers, no model), there for tests and benches.
+# backend name -> "module:Class"; each class takes the llm config as a plain dict. `llm.backend` may also
+# be a "module:Class" reference: conf/llm/scripted.yaml names the test double of treesynth/testing/ so.
 BACKENDS = Registry("llm backend", "llm=... or llm.backend=...", {
     "embedded": "treesynth.llm.embedded:EmbeddedBackend",
     "openai": "treesynth.llm.openai_compat:OpenAIBackend",
     "vllm": "treesynth.llm.vllm_engine:VLLMBackend",
-    "scripted": "treesynth.testing.scripted:ScriptedBackend",
-})
+}, references=True)
 
 
 def build_backend(llm_cfg: DictConfig | dict, cache_dir: str | Path | None = None) -> Backend:
