@@ -13,12 +13,10 @@ from treesynth.report.headline import is_number
 from treesynth.report.layout import (
     ANY,
     BENCH_LABEL,
-    BENCH_ORDER,
     DIV_PREFIX,
-    METHOD_ORDER,
-    order,
+    method_rank,
+    order_benchmarks,
     order_diversity,
-    rank,
     row_label,
     size_key,
 )
@@ -45,7 +43,7 @@ def build_report(root: str | Path, out: str | Path, paper_dir: Path = PAPER_DIR,
           "(lower is more diverse). `(n=k)`: mean over k runs (seeds). `-`: no run produced that cell.", ""]
     table_rows, cell_rows, cmp_rows = [], [], []
     compared: set[tuple] = set()
-    all_columns = [*order({c for t in tables for c in t.benchmarks}, BENCH_ORDER), "average",
+    all_columns = [*order_benchmarks({c for t in tables for c in t.benchmarks}), "average",
                    *order_diversity(c for t in tables for c in t.diversity)]
     for t in tables:
         md += [f"## {group_title(t.group)}", ""]
@@ -119,7 +117,7 @@ def cost_section(runs: list[Run]) -> list[str]:
                               f"{float(metrics['cost_usd']):.2f}"])
     if not seen:
         return []
-    ordered = sorted(seen.values(), key=lambda r: (r[0], rank(r[1], METHOD_ORDER), size_key(r[2])))
+    ordered = sorted(seen.values(), key=lambda r: (r[0], method_rank(r[1]), size_key(r[2])))
     rows = [[gen, row_label(method), *rest] for gen, method, *rest in ordered]
     return ["## Cost of the data", "", markdown_table(["generator", "method", "size", "records", "cost ($)"], rows), ""]
 

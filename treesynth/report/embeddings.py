@@ -8,7 +8,7 @@ from typing import Any
 
 from treesynth.io import iter_jsonl
 from treesynth.report.collect import Run, generator_name
-from treesynth.report.layout import ANY, METHOD_ORDER, rank, row_label
+from treesynth.report.layout import ANY, method_rank, row_label
 from treesynth.report.plots import safe_name
 
 TSNE_MAX_PER_METHOD = 1000  # t-SNE is O(n log n) but slow on CPU; a sample shows the spread
@@ -64,7 +64,7 @@ def tsne_figures(runs: list[Run], out: Path) -> tuple[list[Path], str | None]:
         size = max(sizes, key=lambda s: (len(by_key[(gen, task, s)]) + len(by_key.get((ANY, task, s), {})), s or 0))
         methods = {**by_key.get((ANY, task, size), {}), **by_key[(gen, task, size)]}
         groups = {row_label(m): _embeddings(run, data) for m, (run, data) in sorted(methods.items(),
-                                                                                    key=lambda kv: rank(kv[0], METHOD_ORDER))}
+                                                                                    key=lambda kv: method_rank(kv[0]))}
         groups = {k: v for k, v in groups.items() if len(v)}
         if groups:
             path = out / f"tsne_{safe_name(gen)}_{safe_name(task)}.png"

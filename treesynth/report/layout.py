@@ -44,8 +44,19 @@ def order(items: Iterable[str], preferred: tuple[str, ...]) -> list[str]:
     return sorted(set(items), key=lambda name: rank(name, preferred))
 
 
+def order_benchmarks(columns: Iterable[str]) -> list[str]:
+    """Benchmark columns: the registry's order, then by name."""
+    return order(columns, BENCH_ORDER)
+
+
 def order_diversity(columns: Iterable[str]) -> list[str]:
+    """Diversity columns ("diversity <task>"): in the order of the tasks' first benchmarks."""
     return sorted(set(columns), key=lambda c: rank(c[len(DIV_PREFIX):], TASK_ORDER))
+
+
+def method_rank(row: str) -> tuple[int, str]:
+    """Sort key of a row: the paper's method order (a k-shot row beside its method), then by name."""
+    return rank(row, METHOD_ORDER)
 
 
 def row_label(row: str) -> str:

@@ -12,16 +12,7 @@ from typing import Any
 
 from treesynth.io import atomic_write_bytes
 from treesynth.report.collect import Obs
-from treesynth.report.layout import (
-    ANY,
-    BENCH_ORDER,
-    DIV_PREFIX,
-    METHOD_ORDER,
-    order,
-    order_diversity,
-    rank,
-    row_label,
-)
+from treesynth.report.layout import ANY, DIV_PREFIX, method_rank, order_benchmarks, order_diversity, row_label
 from treesynth.report.paper import Paper
 
 
@@ -40,7 +31,7 @@ Line = tuple[str, list[tuple[int, float]], str, str]  # (label, [(size, value)],
 
 def _colour(row: str) -> str:
     """One colour per method in every panel and figure (matplotlib's cycle, indexed by METHOD_ORDER)."""
-    return f"C{rank(row, METHOD_ORDER)[0] % 10}"
+    return f"C{method_rank(row)[0] % 10}"
 
 
 def _curves(points: list[Obs]) -> dict[str, list[tuple[int, float]]]:
@@ -51,7 +42,7 @@ def _curves(points: list[Obs]) -> dict[str, list[tuple[int, float]]]:
     lines: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for (row, x), vals in sorted(per.items(), key=lambda kv: kv[0][1]):
         lines[row].append((x, statistics.fmean(vals.values())))
-    return dict(sorted(lines.items(), key=lambda kv: rank(kv[0], METHOD_ORDER)))
+    return dict(sorted(lines.items(), key=lambda kv: method_rank(kv[0])))
 
 
 def _figure(panels: dict[str, list[Line]], hlines: dict[str, float], title: str, ylabel: str, path: Path) -> None:
@@ -92,7 +83,7 @@ def scaling_plots(obs: list[Obs], paper: Paper, out: Path) -> list[Path]:
         if len({o.x for o in points}) < 2:
             continue
         panels: dict[str, list[Line]] = {}
-        for bench in order({o.column for o in points}, BENCH_ORDER):
+        for bench in order_benchmarks({o.column for o in points}):
             lines: list[Line] = []
             for row, line in _curves([o for o in points if o.column == bench]).items():
                 lines.append((row_label(row), line, "o-", _colour(row)))

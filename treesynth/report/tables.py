@@ -13,11 +13,10 @@ from typing import Any
 from treesynth.report.collect import Obs
 from treesynth.report.layout import (
     ANY,
-    BENCH_ORDER,
     DIV_PREFIX,
     HUMAN,
-    METHOD_ORDER,
-    order,
+    method_rank,
+    order_benchmarks,
     order_diversity,
     size_key,
 )
@@ -73,9 +72,9 @@ def build_tables(obs: list[Obs]) -> list[Table]:
             k: Cell(statistics.fmean(v.values()), statistics.pstdev(v.values()), len(v)) for k, v in by_cell.items()
         }
         columns = {c for _, c in cells}
-        benchmarks = order((c for c in columns if not c.startswith(DIV_PREFIX)), BENCH_ORDER)
+        benchmarks = order_benchmarks(c for c in columns if not c.startswith(DIV_PREFIX))
         diversity = order_diversity(c for c in columns if c.startswith(DIV_PREFIX))
-        rows = order((r for r, _ in cells), METHOD_ORDER)
+        rows = sorted({r for r, _ in cells}, key=method_rank)
         for row in rows:  # the paper averages over all benchmarks; a partial average would mislead
             values = [cells.get((row, b)) for b in benchmarks]
             if benchmarks and all(values):
