@@ -4,6 +4,7 @@ lm-eval LM that reports each finished request through its cache hook, as lm-eval
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import time
@@ -11,9 +12,9 @@ import time
 from omegaconf import OmegaConf
 from test_eval_tasks import ScriptedLM, eval_cfg, simpletom_fixture
 
+import treesynth.progress
 from evaluation.harness import run_eval
 from evaluation.progress import counted_model
-from treesynth.progress import configure
 
 STEP_S = 0.1  # per request: long enough for several progress lines over the fixture's 6 items
 
@@ -36,18 +37,17 @@ class SlowScriptedLM(ScriptedLM):
         return out
 
 
-def test_evaluation_logs_items_done_of_total_while_it_runs(tmp_path, caplog):
+def test_evaluation_logs_items_done_of_total_while_it_runs(tmp_path, caplog, monkeypatch):
     data = tmp_path / "data"
     fixture = simpletom_fixture(data)
     answers = {r["question"]: "Answer: A" for rows in fixture.values() for r in rows}
     lm = SlowScriptedLM(answers)
-    configure(OmegaConf.create({"progress": {"every_s": 0.06, "bar": "auto"}}))  # pytest's stderr: no TTY
-    try:
-        with caplog.at_level(logging.INFO, logger="treesynth"):
-            res = run_eval(eval_cfg(limit=None), ["simpletom"], "scripted", None, str(data), tmp_path / "out",
-                           lm=lm, stage="evaluate_base")
-    finally:
-        configure(None)  # back to the defaults for the other tests
+    # the run's settings, as the stage sets them (configure); the process-wide ones come back after the test
+    monkeypatch.setattr(treesynth.progress, "_configured", copy.copy(treesynth.progress._configured))
+    treesynth.progress.configure(OmegaConf.create({"progress": {"every_s": 0.06, "bar": "auto"}}))  # no TTY here
+    with caplog.at_level(logging.INFO, logger="treesynth"):
+        res = run_eval(eval_cfg(limit=None), ["simpletom"], "scripted", None, str(data), tmp_path / "out",
+                       lm=lm, stage="evaluate_base")
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[evaluate_base] items ")]
     counts = [tuple(map(int, m.groups())) for line in lines if (m := re.search(r"items (\d+)/(\d+)", line))]
     assert len(counts) >= 3, lines  # while it ran, and the final line
