@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.plans import BenchmarkPlan, plan_benchmark, write_task_yamls
+from evaluation.progress import counted_model
 from evaluation.sandbox import DEFAULT_SANDBOX, require_sandbox
 from treesynth.errors import TreesynthError
 from treesynth.io import write_jsonl
@@ -64,10 +65,12 @@ def model_spec(backend: str, model_path: str, adapter: str | None, dtype: str, d
 
 
 def run_eval(eval_cfg: Any, benchmarks: list[str], model_path: str, adapter: str | None,
-             data_dir: str | None, out_dir: Path, lm: Any = None, answer_format: str | None = None) -> dict:
+             data_dir: str | None, out_dir: Path, lm: Any = None, answer_format: str | None = None,
+             stage: str = "evaluate") -> dict:
     """Evaluate one model on `benchmarks`; returns the eval.json dict (not yet written).
     `lm`: an lm-eval LM object to use instead of loading `model_path` (tests of the scoring logic);
-    `answer_format`: the task's `answer.format` (the default extractor of a user benchmark)."""
+    `answer_format`: the task's `answer.format` (the default extractor of a user benchmark);
+    `stage`: the name the progress lines carry (evaluation/progress.py)."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -94,10 +97,10 @@ def run_eval(eval_cfg: Any, benchmarks: list[str], model_path: str, adapter: str
         "apply_chat_template": chat, "max_gen_toks": eval_cfg.max_gen_toks, "dtype": eval_cfg.dtype,
         "do_sample": False,
     }
-    with _code_env(code, eval_cfg.code_timeout_s, eval_cfg.code_memory_mb, sandbox), _hub_errors(data):
+    with (_code_env(code, eval_cfg.code_timeout_s, eval_cfg.code_memory_mb, sandbox), _hub_errors(data),
+          counted_model(model, model_args, eval_cfg.runtime.batch_size, stage) as (loaded, progress)):
         res = simple_evaluate(
-            model=model,
-            model_args=model_args,
+            model=loaded,
             tasks=[p.entry for p in plans],
             task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
             num_fewshot=eval_cfg.num_fewshot,
@@ -109,7 +112,8 @@ def run_eval(eval_cfg: Any, benchmarks: list[str], model_path: str, adapter: str
             log_samples=True,
             bootstrap_iters=0,
         )
-    out: dict[str, Any] = {"benchmarks": {}, "model": model_path, "adapter": adapter}
+    out: dict[str, Any] = {"benchmarks": {}, "model": model_path, "adapter": adapter,
+                           **({"progress": progress.totals()} if progress else {})}
     for plan in plans:
         metrics, n = collect_metrics(res, plan)
         primary = headline_key(plan.metric, metrics)

@@ -12,6 +12,7 @@ from treesynth.datasets import benchmark_digests, local_data_digest
 from treesynth.errors import TreesynthError
 from treesynth.io import atomic_write_json
 from treesynth.models import resolve_model_path
+from treesynth.progress import configure as configure_progress
 from treesynth.stage_context import StageContext
 
 EVAL_FILE = "eval.json"
@@ -40,9 +41,10 @@ def _answer_format(cfg: DictConfig) -> str | None:
 
 def _evaluate(ctx: StageContext, model_path: str, adapter: str | None) -> dict:
     cfg = ctx.cfg
+    configure_progress(cfg)
     data_dir = OmegaConf.select(cfg, "data.dir", default=None)
     result = run_eval(cfg.eval, _benchmarks(cfg), model_path, adapter, data_dir, ctx.dir,
-                      answer_format=OmegaConf.select(cfg, "task.answer.format", default=None))
+                      answer_format=OmegaConf.select(cfg, "task.answer.format", default=None), stage=ctx.stage)
     atomic_write_json(ctx.dir / EVAL_FILE, result)
     return result
 

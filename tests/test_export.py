@@ -18,8 +18,9 @@ from omegaconf import open_dict
 
 from tests.conftest import CONF
 from treesynth import pipeline
+from treesynth.dataset_card import tree_summary
 from treesynth.errors import TreesynthError
-from treesynth.export import EXPORTS_FILE, load_source, main, read_exports, records_table, tree_summary
+from treesynth.export import EXPORTS_FILE, load_source, main, read_exports, records_table
 from treesynth.io import write_jsonl
 
 TOKEN = "hf_secretTOKEN1234567890abcdef"

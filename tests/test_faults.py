@@ -1,7 +1,8 @@
 """Faults against the loopback stub (treesynth/testing/stub_server.py): the stub's seeded fault injection, the
 openai backend's fault counters, the LLM layer's same-request re-ask of unusable answers, and the fast
-version of bench/faults.py: 200-record syntheses with each fault kind at 20% of requests, and SIGKILLs
-at three moments of a TreeSynth run, each compared with a fault-free run of the same seed."""
+version of bench/faults.py (with bench/fault_runs.py and bench/fault_kills.py): 200-record syntheses with
+each fault kind at 20% of requests, and SIGKILLs at three moments of a TreeSynth run, each compared with a
+fault-free run of the same seed."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from treesynth.llm import LLM, Backend, ChatRequest, Completion, build_llm
 from treesynth.testing.stub_server import FAULT_KINDS, StubServer
 
 sys.path.insert(0, str(REPO))
+from bench import fault_kills, fault_runs  # noqa: E402
 from bench import faults as bench  # noqa: E402
 
 SCHEMA = {
@@ -164,14 +166,14 @@ SETUP = bench.FaultSetup(size=SIZE, rate=0.2, timeout_s=3.0)
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> bench.RunState:
+def reference(tmp_path_factory: pytest.TempPathFactory) -> fault_runs.RunState:
     state, _, _ = bench.fault_run(None, SETUP, tmp_path_factory.mktemp("reference"))
     assert len(state.rows) == SIZE and state.duplicates() == 0
     return state
 
 
 @pytest.mark.parametrize("kind", FAULT_KINDS)
-def test_synthesis_under_faults_equals_the_fault_free_run(kind: str, reference: bench.RunState, tmp_path: Path) -> None:
+def test_synthesis_under_faults_equals_the_fault_free_run(kind: str, reference: fault_runs.RunState, tmp_path: Path) -> None:
     state, srv, wall = bench.fault_run(kind, SETUP, tmp_path)
     row = bench.fault_row(kind, state, reference, srv, SIZE, wall)
     assert bench.fault_ok(row), row
@@ -180,32 +182,32 @@ def test_synthesis_under_faults_equals_the_fault_free_run(kind: str, reference: 
     assert summary["stages"]["synthesize"]["llm"][bench.FAULT_METRIC[kind]] == row["injected"]
 
 
-def test_fault_table_fails_when_records_differ(reference: bench.RunState) -> None:
+def test_fault_table_fails_when_records_differ(reference: fault_runs.RunState) -> None:
     # The checks are not vacuous: a record answered with another seed is caught.
-    other = bench.RunState([*reference.rows[:-1], {**reference.rows[-1], "completion": "#### 0"}],
+    other = fault_runs.RunState([*reference.rows[:-1], {**reference.rows[-1], "completion": "#### 0"}],
                            reference.checkpoints, {**reference.cache, "k": "v"}, reference.metrics)
     assert other.rows != reference.rows and other.failures_kept(reference) == 1
-    doubled = bench.RunState(reference.rows, {"responses.jsonl": [*reference.checkpoints["responses.jsonl"]] * 2},
+    doubled = fault_runs.RunState(reference.rows, {"responses.jsonl": [*reference.checkpoints["responses.jsonl"]] * 2},
                              reference.cache, reference.metrics)
     assert doubled.duplicates() == len(reference.checkpoints["responses.jsonl"])  # every row once more
 
 
 def test_sigkill_at_moments_of_a_treesynth_run_then_rerun_equals_the_fault_free_run(tmp_path: Path) -> None:
     size = 30
-    switch = bench.KillSwitch()
+    switch = fault_kills.KillSwitch()
     with StubServer(slots=64, respond=switch) as srv:
-        ref_proc = bench.spawn(bench.synthesis_overrides(srv.base_url, size, tmp_path / "ref", bench.TREE, []))
+        ref_proc = fault_kills.spawn(fault_runs.synthesis_overrides(srv.base_url, size, tmp_path / "ref", fault_kills.TREE, []))
         out, _ = ref_proc.communicate(timeout=300)
         assert ref_proc.returncode == 0, out[-3000:]
-        ref = bench.RunState.read(Path(json.loads(out.strip().splitlines()[-1])["stage"]))
-        ranges = bench.phase_ranges(srv.received)
+        ref = fault_runs.RunState.read(Path(json.loads(out.strip().splitlines()[-1])["stage"]))
+        ranges = fault_kills.phase_ranges(srv.received)
         lo, hi = ranges["leaves"]
-        moments = [bench.Moment("leaves", request=(lo + hi) // 2), bench.Moment("hygiene", hook="hygiene:enter"),
-                   bench.Moment("writing", hook="torn:responses.jsonl:5")]
+        moments = [fault_kills.Moment("leaves", request=(lo + hi) // 2), fault_kills.Moment("hygiene", hook="hygiene:enter"),
+                   fault_kills.Moment("writing", hook="torn:responses.jsonl:5")]
         for i, m in enumerate(moments):
-            killed, rc, stage, tail = bench.kill_case(m, switch, srv.base_url, size, tmp_path / f"k{i}")
+            killed, rc, stage, tail = fault_kills.kill_case(m, switch, srv.base_url, size, tmp_path / f"k{i}")
             assert killed and rc == 0, (m, tail)
-            state = bench.RunState.read(stage)
+            state = fault_runs.RunState.read(stage)
             assert len(state.rows) == size and state.rows == ref.rows, m
             assert state.duplicates() == 0 and state.failures_kept(ref) == 0, m
             assert state.metrics["llm"]["calls"] < ref.metrics["llm"]["calls"], m  # finished work reused

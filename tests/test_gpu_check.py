@@ -74,7 +74,7 @@ def test_a_failing_phase_fails_the_run(tmp_path, capsys):
 
 
 def test_train_artifact_checks_catch_wrong_precision_and_dead_gradients(tmp_path):
-    gc = load("gpu_check")
+    gp = load("gpu_phases")
     import torch
     from safetensors.torch import save_file
 
@@ -88,16 +88,16 @@ def test_train_artifact_checks_catch_wrong_precision_and_dead_gradients(tmp_path
     (tmp_path / "train.json").write_text(json.dumps(info))
     write_jsonl(tmp_path / "train_log.jsonl", [{"step": 1, "grad_norm": 0.5, "num_tokens": 10},
                                                {"step": 2, "grad_norm": 0.4, "num_tokens": 20}])
-    assert gc.train_metrics(tmp_path, 2, "adapter", "fp32", False)["train_tokens_per_s"] == 20.0
-    with pytest.raises(gc.CheckFailed, match="trained in fp32, expected bf16"):
-        gc.train_metrics(tmp_path, 2, "adapter", "bf16", False)
+    assert gp.train_metrics(tmp_path, 2, "adapter", "fp32", False)["train_tokens_per_s"] == 20.0
+    with pytest.raises(gp.CheckFailed, match="trained in fp32, expected bf16"):
+        gp.train_metrics(tmp_path, 2, "adapter", "bf16", False)
     save_file({"w": torch.zeros(2, dtype=torch.bfloat16)}, str(tmp_path / "adapter" / "adapter_model.safetensors"))
-    with pytest.raises(gc.CheckFailed, match="saved as \\['BF16'\\]"):
-        gc.train_metrics(tmp_path, 2, "adapter", "fp32", False)
+    with pytest.raises(gp.CheckFailed, match="saved as \\['BF16'\\]"):
+        gp.train_metrics(tmp_path, 2, "adapter", "fp32", False)
     save_file({"w": torch.zeros(2, dtype=torch.float32)}, str(tmp_path / "adapter" / "adapter_model.safetensors"))
     write_jsonl(tmp_path / "train_log.jsonl", [{"step": 1, "grad_norm": 0.0, "num_tokens": 10}])
-    with pytest.raises(gc.CheckFailed, match="no gradient"):
-        gc.train_metrics(tmp_path, 2, "adapter", "fp32", False)
+    with pytest.raises(gp.CheckFailed, match="no gradient"):
+        gp.train_metrics(tmp_path, 2, "adapter", "fp32", False)
 
 
 def test_wheels_for_another_python_are_refused_before_any_install(tmp_path):

@@ -1,4 +1,4 @@
-"""Cross-run report (treesynth/report.py), the paper's CSVs, the experiment presets and launcher configs.
+"""Cross-run report (treesynth/report/), the paper's CSVs, the experiment presets and launcher configs.
 No model runs: the report reads fixture summary.json files (tests/fixtures/summaries/)."""
 
 from __future__ import annotations
