@@ -1,28 +1,23 @@
-"""A typed description of the settings in conf/: one dataclass per config group (one per option where the
-options of a group have different keys), fields named and nested as in the YAML.
-
-`check_settings(cfg)` compares a composed config with it before anything runs, so a value of the wrong
-type or out of range is one line naming the key (`data.size must be an integer, got 'abc'`) instead of a
-traceback minutes later. Only the keys present are checked, by type and range; keys described nowhere
-here (the task, model.finetune, options added to the YAML later) are left alone. Issue #15 turns these
-dataclasses into Hydra structured configs, which is why they mirror the YAML rather than the code.
-"""
+"""The settings of conf/ as dataclasses: one per config group (one per option where the options of a group
+have different keys), fields named and nested as in the YAML. Types and ranges only, never a value: the
+values live in the YAML (treesynth/settings/__init__.py says why)."""
 
 from __future__ import annotations
 
-import operator
-import types
-from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
-
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
 
 def bound(*, ge: float | None = None, gt: float | None = None, le: float | None = None,
           lt: float | None = None) -> Any:
-    """A numeric field's range (for lists and mappings: every value's). Fields have no defaults: the
-    YAML holds the values, this file only their types."""
+    """A numeric field's range (for lists and mappings: every value's)."""
     return field(metadata={k: v for k, v in {"ge": ge, "gt": gt, "le": le, "lt": lt}.items() if v is not None})
+
+
+def one_of(choices: Callable[[], Iterable[str]]) -> Any:
+    """A string field whose choices another registry owns (asked when a value is checked, not at import)."""
+    return field(metadata={"choices": choices})
 
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: typing hashes Annotated metadata
@@ -34,7 +29,7 @@ class OptionBy:
     options: dict[str, type]
 
 
-# ---- data, diversity, paths, wandb (conf/config.yaml) ------------------------------------------------------
+# ---- data, progress, diversity, paths, wandb (conf/config.yaml) -------------------------------------------
 @dataclass
 class Hygiene:
     enabled: bool
@@ -56,11 +51,23 @@ class Verify:
 
 
 @dataclass
+class DataRuntime:
+    chunk: int = bound(ge=1)
+
+
+@dataclass
 class Data:
     size: int = bound(ge=1)
     dir: str | None
     hygiene: Hygiene
     verify: Verify
+    runtime: DataRuntime
+
+
+@dataclass
+class ProgressSettings:
+    every_s: float = bound(gt=0)
+    bar: Literal["auto", "always", "never"]
 
 
 @dataclass
@@ -95,13 +102,30 @@ class Wandb:
 
 # ---- llm, teacher (conf/llm/*.yaml), picked by llm.backend ------------------------------------------------
 @dataclass
-class LLM:
-    backend: str
-    model: str
+class Price:
+    input: float | None = bound(ge=0)
+    output: float | None = bound(ge=0)
 
 
 @dataclass
-class EmbeddedRuntime:
+class LLMRuntime:
+    """The keys every backend's runtime has: the LLM layer's (treesynth/llm/client.py), not the backend's."""
+
+    budget_usd: float | None = bound(ge=0)
+    price: Price
+
+
+@dataclass
+class LLM:
+    backend: str
+    model: str
+    profile: str
+    profile_overrides: dict[str, Any]
+    runtime: LLMRuntime
+
+
+@dataclass
+class EmbeddedRuntime(LLMRuntime):
     batch_size: int = bound(ge=1)
     device: str
     max_wait_ms: float = bound(ge=0)
@@ -113,16 +137,30 @@ class EmbeddedLLM(LLM):
 
 
 @dataclass
-class OpenAIRuntime:
+class BatchAPI:
+    window_s: float = bound(gt=0)
+    max_requests: int = bound(ge=1)
+    poll_s: float = bound(gt=0)
+    completion_window: str
+    line_retries: int = bound(ge=0)
+    discount: float = bound(ge=0, lt=1)
+
+
+@dataclass
+class OpenAIRuntime(LLMRuntime):
+    mode: Literal["online", "batch"]
+    batch: BatchAPI
     base_urls: list[str]
     max_concurrency: int = bound(ge=1)
     timeout_s: float = bound(gt=0)
     max_retries: int = bound(ge=0)
+    answer_retries: int = bound(ge=0)
     backoff_base_s: float = bound(ge=0)
     backoff_max_s: float = bound(ge=0)
     cooldown_429_s: float = bound(ge=0)
     health_timeout_s: float = bound(gt=0)
     http: Literal["aiohttp", "openai"]
+    prices: dict[str, Price]
 
 
 @dataclass
@@ -133,7 +171,7 @@ class OpenAILLM(LLM):
 
 
 @dataclass
-class VLLMRuntime:
+class VLLMRuntime(LLMRuntime):
     batch_size: int = bound(ge=1)
     max_wait_ms: float = bound(ge=0)
     tensor_parallel_size: int = bound(ge=1)
@@ -148,7 +186,7 @@ class VLLMLLM(LLM):
 
 
 @dataclass
-class ScriptedRuntime:
+class ScriptedRuntime(LLMRuntime):
     delay_s: float = bound(ge=0)
 
 
@@ -197,7 +235,25 @@ class HumanMethod(Method):
 
 
 @dataclass
-class TreeSynthMethod(Method):
+class TreeTemperatures:
+    pivot: float = bound(ge=0)
+    leaf: float = bound(ge=0)
+    criterion: float = bound(ge=0)
+    coverage: float = bound(ge=0)
+
+
+@dataclass
+class TreeMaxTokens:
+    criterion: int = bound(ge=1)
+    assign: int = bound(ge=1)
+    coverage: int = bound(ge=1)
+    one_call: int = bound(ge=1)
+
+
+@dataclass
+class TreeShape:
+    """What the tree builder reads (treesynth/tree/config.py: TreeConfig is this plus helpers)."""
+
     pivots: int = bound(ge=2)
     max_depth: int = bound(ge=0)
     max_values: int = bound(ge=1)
@@ -211,9 +267,13 @@ class TreeSynthMethod(Method):
     criterion_mode: Literal["stepwise", "one_call"]
     fixed_first_level: bool
     samples_per_call: int = bound(ge=1)
+    temperatures: TreeTemperatures
+    max_tokens: TreeMaxTokens
+
+
+@dataclass
+class TreeSynthMethod(Method, TreeShape):
     infinite_weight: float = bound(gt=0)
-    temperatures: dict[str, float] = bound(ge=0)
-    max_tokens: dict[str, int | None] = bound(ge=1)
 
 
 @dataclass
@@ -233,6 +293,7 @@ MethodGroup = Annotated[Method, OptionBy("name", {
 class Model:
     name: str
     path: str
+    finetune: dict[str, Any]  # per-model train values, read through conf/train's interpolations (checked as train.*)
 
 
 @dataclass
@@ -276,6 +337,19 @@ class LoraTrain(Train):
 TrainGroup = Annotated[Train, OptionBy("name", {"lora": LoraTrain, "full": Train})]
 
 
+def _math_splits() -> list[str]:
+    """`test` and the test-set variants the benchmark registry names (conf/benchmark/math.yaml)."""
+    from treesynth.benchmarks import benchmark, builtin_names
+
+    return ["test", *sorted({v for name in builtin_names() for v in benchmark(name).variants()})]
+
+
+def _sandbox_modes() -> tuple[str, ...]:
+    from evaluation.sandbox import SANDBOX_MODES
+
+    return SANDBOX_MODES
+
+
 @dataclass
 class EvalRuntime:
     batch_size: int | Literal["auto"] = bound(ge=1)
@@ -290,10 +364,11 @@ class Eval:
     num_fewshot: int | None = bound(ge=0)
     apply_chat_template: bool | None
     max_gen_toks: int = bound(ge=1)
-    math_split: Literal["test", "math500"]
+    math_split: str = one_of(_math_splits)
     dtype: str
     code_timeout_s: float = bound(gt=0)
     code_memory_mb: int = bound(ge=1)
+    sandbox: str = one_of(_sandbox_modes)
     runtime: EvalRuntime
 
 
@@ -302,8 +377,10 @@ class Eval:
 class Settings:
     seed: int
     stages: list[str]
+    task: Any  # the task file: checked by its own loader (treesynth/tasks: load_task)
     teacher: LLMGroup | None
     data: Data
+    progress: ProgressSettings
     diversity: Diversity
     paths: Paths
     wandb: Wandb
@@ -312,121 +389,3 @@ class Settings:
     model: Model
     train: TrainGroup
     eval: Eval
-
-
-# ---- the check --------------------------------------------------------------------------------------------
-def check_settings(cfg: DictConfig) -> list[str]:
-    """One line per problem: described keys left `???`, of the wrong type or out of range."""
-    return _node_problems(cfg, Settings, "")
-
-
-def _node_problems(node: DictConfig, cls: type, prefix: str) -> list[str]:
-    hints = get_type_hints(cls, include_extras=True)
-    problems = []
-    for f in fields(cls):
-        if f.name not in node.keys():  # (`in node` is false for a `???` value)
-            continue  # not a key of this option
-        path = f"{prefix}{f.name}"
-        if OmegaConf.is_missing(node, f.name):
-            problems.append(f"{path} is required (set {path}=... on the command line)")
-            continue
-        try:
-            value = node[f.name]
-        except Exception as e:  # an interpolation that does not resolve
-            problems.append(f"{path}: {str(e).splitlines()[0]}")
-            continue
-        problems += _problems(path, value, hints[f.name], f.metadata)
-    return problems
-
-
-def _problems(path: str, value: Any, tp: Any, bounds: Any) -> list[str]:
-    origin, args = get_origin(tp), get_args(tp)
-    if origin is Annotated:
-        option = next(a for a in tp.__metadata__ if isinstance(a, OptionBy))
-        if not isinstance(value, DictConfig):
-            return [_wrong(path, value, args[0])]
-        cls = option.options.get(str(value.get(option.key)), args[0])
-        return _node_problems(value, cls, f"{path}.")
-    if origin in (Union, types.UnionType):
-        for t in args:
-            if not _problems(path, value, t, bounds):
-                return []
-        # The value has the right type but a bad range: say that, not "must be X or null".
-        typed = [t for t in args if _is_type(value, t)]
-        return _problems(path, value, typed[0], bounds) if typed else [_wrong(path, value, tp)]
-    if origin is Literal:
-        ok = any(value == a and type(value) is type(a) for a in args)
-        return [] if ok else [_wrong(path, value, tp)]
-    if origin is list:
-        if not isinstance(value, ListConfig):
-            return [_wrong(path, value, tp)]
-        return [p for i, v in enumerate(value) for p in _problems(f"{path}[{i}]", v, args[0], bounds)]
-    if origin is dict:
-        if not isinstance(value, DictConfig):
-            return [_wrong(path, value, tp)]
-        return [p for k, v in value.items() for p in _problems(f"{path}.{k}", v, args[1], bounds)]
-    if is_dataclass(tp):
-        return _node_problems(value, tp, f"{path}.") if isinstance(value, DictConfig) else [_wrong(path, value, tp)]
-    if not _is_type(value, tp):
-        return [_wrong(path, value, tp)]
-    if tp in (int, float) and (out := _out_of_range(value, bounds)):
-        return [f"{path} must be {out}, got {value}"]
-    return []
-
-
-def _is_type(value: Any, tp: Any) -> bool:
-    """The value's type, not its contents (a group is a mapping, a list a list; a Literal's choices are not
-    a type). bool is not a number here (true must not pass as 1); a number passes as a string
-    (wandb.group=2024); an integer passes as a float (train.lr=1)."""
-    origin = get_origin(tp)
-    if tp is Any:
-        return True
-    if origin is Annotated or origin is dict or is_dataclass(tp):
-        return isinstance(value, DictConfig)
-    if origin is list:
-        return isinstance(value, ListConfig)
-    if tp is type(None):
-        return value is None
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is str:
-        return isinstance(value, (str, int, float)) and not isinstance(value, bool)
-    return False
-
-
-_OPS = {"ge": (">=", operator.ge), "gt": (">", operator.gt), "le": ("<=", operator.le), "lt": ("<", operator.lt)}
-
-
-def _out_of_range(value: float, bounds: Any) -> str | None:
-    """None when `value` is within `bounds` (a field's metadata), else the range it must be in."""
-    if all(_OPS[op][1](value, b) for op, b in bounds.items()):
-        return None
-    if len(bounds) == 2:  # a lower and an upper bound: interval notation
-        (lo, a), (hi, b) = sorted(bounds.items(), key=lambda kv: kv[0] in ("le", "lt"))
-        return f"in {'[' if lo == 'ge' else '('}{a}, {b}{']' if hi == 'le' else ')'}"
-    ((op, b),) = bounds.items()
-    return f"{_OPS[op][0]} {b}"
-
-
-def _describe(tp: Any) -> str:
-    origin, args = get_origin(tp), get_args(tp)
-    if origin is Annotated or is_dataclass(tp) or origin is dict:
-        return "a group of settings"
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe(t) for t in args)
-    if origin is Literal:
-        return ", ".join(map(str, args)) if len(args) == 1 else "one of " + ", ".join(map(str, args))
-    if origin is list:
-        return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-            type(None): "null"}.get(tp, str(tp))
-
-
-def _wrong(path: str, value: Any, tp: Any) -> str:
-    if isinstance(value, (DictConfig, ListConfig)):
-        value = OmegaConf.to_container(value, resolve=False)
-    return f"{path} must be {_describe(tp)}, got {value!r}"
