@@ -23,11 +23,16 @@ from treesynth.settings.schema import (
     Data,
     Diversity,
     Eval,
+    EvolInstructMethod,
     Hygiene,
     LLMGroup,
+    LLMRuntime,
     MethodGroup,
+    PersonaHubMethod,
     ProgressSettings,
     Settings,
+    TemperatureMethod,
+    Train,
     TrainGroup,
     TreeShape,
     Verify,
@@ -35,6 +40,6 @@ from treesynth.settings.schema import (
     one_of,
 )
 
-__all__ = ["Data", "Diversity", "Eval", "Hygiene", "LLMGroup", "MethodGroup", "ProgressSettings", "Settings",
-           "TrainGroup", "TreeShape", "Verify", "bound", "check_settings", "load", "node_problems", "one_of",
+__all__ = ["Data", "Diversity", "Eval", "EvolInstructMethod", "Hygiene", "LLMGroup", "LLMRuntime", "MethodGroup",
+           "PersonaHubMethod", "ProgressSettings", "Settings", "TemperatureMethod", "Train", "TrainGroup", "TreeShape", "Verify", "bound", "check_settings", "load", "node_problems", "one_of",
            "stray_keys"]

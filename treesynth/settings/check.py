@@ -54,11 +54,15 @@ def stray_keys(node: Any, tp: Any, prefix: str = "") -> list[str]:
 
 def node_problems(node: DictConfig, cls: type, prefix: str) -> list[str]:
     hints = get_type_hints(cls, include_extras=True)
-    problems = []
+    problems, missing = [], [f.name for f in fields(cls) if f.name not in node.keys()]  # (`in` is false for ???)
+    if len(missing) == 1:
+        problems.append(f"{prefix}{missing[0]} is missing (set +{prefix}{missing[0]}=... or add it to the option's YAML)")
+    elif missing:
+        problems.append(f"{prefix.removesuffix('.') or 'the config'} is missing {', '.join(missing)} (set "
+                        f"+{prefix}KEY=... or add them to the option's YAML)")
     for f in fields(cls):
         path = f"{prefix}{f.name}"
-        if f.name not in node.keys():  # (`in node` is false for a `???` value)
-            problems.append(f"{path} is missing (set +{path}=... or add it to the option's YAML)")
+        if f.name in missing:
             continue
         if OmegaConf.is_missing(node, f.name):
             problems.append(f"{path} is required (set {path}=... on the command line)")
