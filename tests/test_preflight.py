@@ -51,6 +51,13 @@ def run_py(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, flo
 @pytest.mark.parametrize(("args", "line"), [
     (["data.size=abc"], "error: data.size must be an integer, got 'abc'"),
     (["seed=abc"], "error: seed must be an integer, got 'abc'"),
+    (["method.pivots=-1"], "error: method.pivots must be >= 2, got -1"),
+    (["eval.limit=x"], "error: eval.limit must be an integer or null, got 'x'"),
+    (["llm=openai", "llm.runtime.max_concurrency=0"], "error: llm.runtime.max_concurrency must be >= 1, got 0"),
+    # Hydra's own errors, one line too: a key the option does not have, an option that does not exist
+    (["llm.runtime.max_concurrency=0"], "error: Could not override 'llm.runtime.max_concurrency'. To append to "
+     "your config use +llm.runtime.max_concurrency=0 (Key 'max_concurrency' is not in struct)"),
+    (["llm=nope"], "error: In 'config': Could not find 'llm/nope' Available options in 'llm': embedded openai"),
     (["data.dir=/no/such/dir"], "error: data.dir=/no/such/dir is not a directory"),
     (["method=evol_instruct", "method.seed_file=BAD"], "error: method.seed_file=BAD line 2: not valid JSON"),
 ])
