@@ -32,7 +32,7 @@ def preflight(cfg: DictConfig) -> None:
     if problems:
         raise TreesynthError("; ".join(problems))
     task_of(cfg)  # the task YAML under the generator's and teacher's profiles
-    if (root := data_dir(cfg.data.get("dir"))) is not None:
+    if (root := data_dir(cfg.data.dir)) is not None:
         for path in task_data_files(cfg, root):
             check_input_file(path, f"{path} (under data.dir)")
     from treesynth.methods import method_class  # the registry: one import of the method's module, no model

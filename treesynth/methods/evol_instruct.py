@@ -91,7 +91,7 @@ class EvolInstruct(Method):
         if not task.human:
             return None
         try:
-            rows = load_human(task.name, task.human, self.env.root_cfg.data.get("dir"), self.env.cfg.get("seed_file"))
+            rows = load_human(task.name, task.human, self.env.root_cfg.data.dir, self.env.cfg.get("seed_file"))
         except DataUnavailable:
             return None
         names = [f.name for f in task.fields]

@@ -101,7 +101,7 @@ class PersonaHub(CallStream):
         texts = [task.description]
         if task.human:
             try:
-                rows = load_human(task.name, task.human, self.env.root_cfg.data.get("dir"))
+                rows = load_human(task.name, task.human, self.env.root_cfg.data.dir)
                 rng = random.Random(derive_seed(self.env.seed, "persona_texts"))
                 picked = rng.sample(rows, min(self.pool_size, len(rows)))
                 texts = [task.build_prompt({f.name: str(r.get(f.name, "")) for f in task.fields}) for r in picked]

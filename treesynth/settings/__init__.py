@@ -36,10 +36,12 @@ from treesynth.settings.schema import (
     TrainGroup,
     TreeShape,
     Verify,
+    Wandb,
     bound,
     one_of,
 )
 
 __all__ = ["Data", "Diversity", "Eval", "EvolInstructMethod", "Hygiene", "LLMGroup", "LLMRuntime", "MethodGroup",
-           "PersonaHubMethod", "ProgressSettings", "Settings", "TemperatureMethod", "Train", "TrainGroup", "TreeShape", "Verify", "bound", "check_settings", "load", "node_problems", "one_of",
+           "PersonaHubMethod", "ProgressSettings", "Settings", "TemperatureMethod", "Train", "TrainGroup",
+           "TreeShape", "Verify", "Wandb", "bound", "check_settings", "load", "node_problems", "one_of",
            "stray_keys"]
