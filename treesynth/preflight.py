@@ -1,7 +1,7 @@
 """Fail fast: what run.py checks about its input before any model loads or any request is sent.
 
-`preflight(cfg)` raises one TreesynthError (one line; run.py exits 2) for settings of the wrong type or
-out of range (treesynth/settings.py), a data.dir that is not a folder, a file the method reads (its
+`preflight(cfg)` raises one TreesynthError (one line; run.py exits 2) for settings missing, of the wrong
+type or out of range (treesynth/settings/), a data.dir that is not a folder, a file the method reads (its
 `input_files`: method.file, seed_file, persona_file, source, tree) that is missing, empty or not valid
 JSON / JSONL (file and line named), and an artifacts root that cannot be written. It imports nothing
 heavy, so a mistake costs about a second, not a model load or the hub client's minute of retries.
