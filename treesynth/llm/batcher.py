@@ -103,9 +103,9 @@ def parse_runtime(cls: type[D], llm_cfg: dict) -> D:
     given: dict[str, Any] = {k: v for k, v in (llm_cfg.get("runtime") or {}).items() if k not in LLM_RUNTIME_KEYS}
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     backend = llm_cfg.get("backend")
-    if missing := sorted(known - set(given)):
-        raise TreesynthError(f"llm.runtime.{missing[0]} is missing for backend {backend!r} (conf/llm/{backend}.yaml "
-                             f"sets it); missing: {missing}")
     if unknown := sorted(set(given) - known):
         raise TreesynthError(f"unknown llm.runtime keys {unknown} for backend {backend!r}; known: {sorted(known)}")
+    if missing := sorted(known - set(given)):
+        raise TreesynthError(f"llm.runtime is missing {', '.join(missing)} for backend {backend!r} "
+                             f"(conf/llm/{backend}.yaml sets every key)")
     return cls(**given)
