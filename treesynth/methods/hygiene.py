@@ -10,10 +10,12 @@ refills), and what it keeps per record is small: an 8-byte digest of the normali
 signature (uint32 x num_perm) in fixed blocks and the LSH band buckets. `check` runs on the prompt
 BEFORE the teacher is asked (dedup, and decontamination of the configured fields other than the
 completion); `check_completion` applies decontamination to the completion when `fields` names it.
-`filter_records(records, cfg)` is the same over a list. Config: `data.hygiene`.
+`filter_records(records, cfg)` is the same over a list. Config: `data.hygiene` (conf/config.yaml holds the
+values; read through settings.load).
 
 The benchmark n-gram index is built once per process and cached on disk under
-`<paths.artifacts>/.cache/decontam/` keyed by its sources (file path, size, mtime or hub id) and n.
+`<paths.artifacts>/.cache/decontam/` keyed by its sources (a local file's content digest, or the hub id)
+and n.
 A benchmark whose test set cannot be loaded is recorded in the counts (`decontam_unavailable`) and
 skipped, never a failure: offline runs of tasks without local test sets still work.
 """
