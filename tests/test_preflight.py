@@ -106,6 +106,10 @@ def test_preflight_imports_nothing_heavy(tmp_path):
     (["data.verify.k=0"], "data.verify.k must be >= 1, got 0"),
     (["eval.runtime.batch_size=many"], "eval.runtime.batch_size must be an integer or auto, got 'many'"),
     (["wandb.mode=on"], "wandb.mode must be one of offline, online, disabled, got 'on'"),
+    (["eval.math_split=math5000"], "eval.math_split must be one of test, math500, got 'math5000'"),  # the registry's
+    (["eval.sandbox=docker"], "eval.sandbox must be one of bwrap, guard_only, got 'docker'"),
+    (["progress.every_s=0"], "progress.every_s must be > 0, got 0"),
+    (["data.runtime.chunk=0"], "data.runtime.chunk must be >= 1, got 0"),
     (["stages=synthesize"], "stages must be a list of strings, got 'synthesize'"),
     (["method=evol_instruct", "method.copy_threshold=2"], "method.copy_threshold must be in (0, 1], got 2"),
     (["method=persona_hub", "method.pool_size=0"], "method.pool_size must be >= 1, got 0"),
