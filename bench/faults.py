@@ -1,4 +1,4 @@
-"""Fault figures: synthesis over the loopback stub server (treesynth/llm/stub_server.py) with injected
+"""Fault figures: synthesis over the loopback stub server (treesynth/testing/stub_server.py) with injected
 faults, and SIGKILLs at random moments of a run, each compared with a fault-free run of the same seed.
 
 Part 1 (method=temperature task=gsm8k llm=openai, --size records): one fault-free reference run, then
@@ -56,8 +56,8 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from treesynth.io import read_jsonl  # noqa: E402
-from treesynth.llm.scripted import WORDS, instance  # noqa: E402
-from treesynth.llm.stub_server import FAULT_KINDS, StubServer  # noqa: E402
+from treesynth.testing.scripted import WORDS, instance  # noqa: E402
+from treesynth.testing.stub_server import FAULT_KINDS, StubServer  # noqa: E402
 
 # Where each fault kind shows in the stage metrics' `llm` block.
 FAULT_METRIC = {"429": "http_429", "500": "http_5xx", "hang": "timeouts", "malformed": "invalid_json",

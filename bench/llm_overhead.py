@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without install
 
 from treesynth.llm import ChatRequest, build_llm  # noqa: E402
-from treesynth.llm.stub_server import StubServer  # noqa: E402
+from treesynth.testing.stub_server import StubServer  # noqa: E402
 
 
 @contextmanager
@@ -39,7 +39,7 @@ def stub_url(latency: float, slots: int, in_process: bool) -> Iterator[str]:
     with socket.socket() as s:  # a free port for the child
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "treesynth.llm.stub_server", "--port", str(port),
+    cmd = [sys.executable, "-m", "treesynth.testing.stub_server", "--port", str(port),
            "--latency", str(latency), "--slots", str(slots)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
     try:

@@ -1,7 +1,7 @@
 """Synthesis at paper scale against the loopback stub server: throughput against the ideal, and memory.
 
 For each --sizes N: one `run.py method=temperature task=gsm8k llm=openai llm.profile=constrained
-stages=[synthesize] data.size=N` in a child process, against a stub server (treesynth/llm/stub_server.py)
+stages=[synthesize] data.size=N` in a child process, against a stub server (treesynth/testing/stub_server.py)
 in another child process with --latency seconds per request and --slots requests served at once (the
 schema-instance stub answers the constrained profile's JSON requests). Printed per size:
 - requests: chat requests the synthesis sent (stage.json `llm.calls`: generation + teacher);
@@ -45,7 +45,7 @@ def free_port() -> int:
 
 def serve(port: int, latency: float, slots: int) -> None:
     """The stub server child: serve until killed, dropping the request log every second."""
-    from treesynth.llm.stub_server import StubServer
+    from treesynth.testing.stub_server import StubServer
 
     srv = StubServer(latency=latency, slots=slots, port=port).start()
     print("ready", flush=True)

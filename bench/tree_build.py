@@ -41,10 +41,10 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from treesynth.llm import build_llm  # noqa: E402
-from treesynth.llm.scripted import WORDS  # noqa: E402
-from treesynth.llm.stub_server import StubServer  # noqa: E402
 from treesynth.profiles import profile_for  # noqa: E402
 from treesynth.tasks import task_of  # noqa: E402
+from treesynth.testing.scripted import WORDS  # noqa: E402
+from treesynth.testing.stub_server import StubServer  # noqa: E402
 from treesynth.tree.builder import TreeBuilder  # noqa: E402
 from treesynth.tree.config import TreeConfig  # noqa: E402
 from treesynth.tree.node import Node, Tree  # noqa: E402

@@ -1,230 +1,23 @@
-"""lm-eval wrapper: per-run task YAMLs (hub or local data), one `simple_evaluate` call, eval.json rows.
-
-Two prompt styles (config `eval.style`):
-- `chat`: our tasks in evaluation/tasks/ (zero-shot, chat template): the format a fine-tuned model was
-  trained on, with extraction of the endings synthesized completions use.
-- `builtin`: lm-eval's own task YAMLs (the paper's few-shot rows), included by path.
-Which tasks and data a benchmark uses comes from the registry (treesynth/benchmarks.py, conf/benchmark/).
-Data comes from the hub by default. When `data.dir` (env TREESYNTH_DATA_DIR) is set, the generated YAML
-includes the task YAML by path and overrides `dataset_path: json` + `dataset_kwargs.data_files`.
+"""lm-eval wrapper: the benchmarks' plans (evaluation/plans.py) as per-run task YAMLs, one
+`simple_evaluate` call, eval.json rows (metrics, n, settings) and per-item samples.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from evaluation.plans import BenchmarkPlan, plan_benchmark, write_task_yamls
 from evaluation.sandbox import require_sandbox
-from treesynth.benchmarks import (
-    Source,
-    benchmark,
-    lm_eval_leaves,
-    lm_eval_splits,
-    lm_eval_test_split,
-    lm_eval_yaml,
-)
-from treesynth.datasets import DataUnavailable, load_source, local_path
 from treesynth.errors import TreesynthError
-from treesynth.io import atomic_write_text, write_jsonl
-from treesynth.prompts import fill
+from treesynth.io import write_jsonl
 
 log = logging.getLogger("treesynth")
-
-TASKS_DIR = Path(__file__).resolve().parent / "tasks"
-USER_TASK = TASKS_DIR / "treesynth_user.yaml"  # every user benchmark: question/answer columns, scored per row
-STYLES = ("chat", "builtin")
-
-
-def _task_yaml(ref: str) -> Path:
-    """A registry `tasks:` reference: ours (evaluation/tasks/) or `lm_eval:<path>` (lm-eval's tasks folder)."""
-    if ref.startswith("lm_eval:"):
-        import lm_eval.tasks
-
-        return Path(lm_eval.tasks.__file__).resolve().parent / ref.removeprefix("lm_eval:")
-    return TASKS_DIR / ref
-
-
-@dataclass
-class TaskSpec:
-    """One generated lm-eval task: a YAML to include plus the keys it overrides."""
-
-    name: str
-    include: Path
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class BenchmarkPlan:
-    benchmark: str
-    tasks: list[TaskSpec]
-    group: str | None = None  # when the benchmark is several tasks (SimpleToM's three question types)
-    source: str = "hub"
-    metric: str | None = None  # the headline metric (registry `metric`)
-    group_metrics: list[dict] = field(default_factory=list)  # the group's aggregate_metric_list
-    code: bool = False  # runs model-written code
-    settings: dict[str, Any] = field(default_factory=dict)  # benchmark-specific eval.json settings
-
-    @property
-    def entry(self) -> str:
-        return self.group or self.tasks[0].name
-
-
-def _json_source(files: dict[str, Path]) -> dict[str, Any]:
-    return {"dataset_path": "json", "dataset_name": None,
-            "dataset_kwargs": {"data_files": {k: str(v) for k, v in files.items()}}}
-
-
-def _materialize(src: Source, data_dir: Path | None, dst: Path) -> Path | None:
-    """The source's local rows (filtered, projected) as one JSONL under the eval folder; None: no local file."""
-    if local_path(src, data_dir, use_env=False) is None:
-        return None
-    write_jsonl(dst, load_source(src, data_dir, use_env=False))
-    return dst
-
-
-def _hub_keys(src: Source, config: str | None = None) -> dict[str, Any]:
-    hub = src.hub or {}
-    return {"dataset_path": hub.get("path"), "dataset_name": config if config is not None else hub.get("name"),
-            "test_split": hub.get("split", "test")}
-
-
-def plan_benchmark(bench: str, style: str, variant: str | None, data_dir: Path | None, work: Path,
-                   answer_format: str | None = None) -> BenchmarkPlan:
-    """Which task YAML(s) evaluate `bench` (a registry entry), and where their data comes from.
-    `variant`: the test set variant (eval.math_split for benchmarks that have variants); `answer_format`:
-    the evaluated task's (a user benchmark without an extractor reads answers with it)."""
-    if style not in STYLES:
-        raise TreesynthError(f"eval.style={style!r}: choose one of {STYLES}")
-    b = benchmark(bench)
-    if b.kind == "lm_eval":
-        return _plan_lm_eval(b, data_dir)
-    if b.kind == "user":
-        return _plan_user(b, data_dir, work, answer_format)
-    name = f"ts_{bench}"
-    ref = (b.spec.get("tasks") or {}).get(style)
-    if ref is None:
-        raise TreesynthError(f"eval.style={style} has no {bench} task here; use eval.style="
-                             f"{' or '.join(sorted(b.spec.get('tasks') or {}))}")
-    include = _task_yaml(ref)
-    variants = b.variants()
-    settings: dict[str, Any] = {}
-    if variants:
-        if variant not in ("test", *variants):
-            raise TreesynthError(f"eval.math_split={variant!r}: choose one of {('test', *variants)}")
-        settings["math_split"] = variant
-    raw = b.spec["test"] if variant in (None, "test") or not variants else variants[variant]
-    parts = b.test_parts(variant if variants else None)
-    plan = BenchmarkPlan(bench, [], metric=b.metric, code=b.code, settings=settings)
-    overrides = dict(raw.get("task_overrides") or {})
-    if len(parts) == 1:
-        src = parts[0].source
-        fewshot = b.fewshot_source()
-        test = _materialize(src, data_dir, work / "data" / f"{bench}_test.jsonl")
-        train = _materialize(dataclasses.replace(fewshot, columns=src.columns), data_dir,
-                             work / "data" / f"{bench}_train.jsonl") if fewshot and test else None
-        if test is not None and (fewshot is None or train is not None):  # few-shot needs its split local too
-            files = {"test": test, **({"train": train} if train else {})}
-            splits = {"test_split": "test", **({"training_split": "train", "fewshot_split": "train"} if train else {})}
-            plan.tasks = [TaskSpec(name, include, {**_json_source(files), **splits})]
-            plan.source = "local"
-            return plan
-        if src.hub_configs:  # one hub config per part (the full MATH test set): a group over them
-            # few-shot examples from each config's own train split
-            shots = {"training_split": "train", "fewshot_split": "train"} if fewshot else {}
-            plan.tasks = [TaskSpec(f"{name}_{c}", include, {**_hub_keys(src, c), **shots}) for c in src.hub_configs]
-            plan.group = name
-        else:
-            plan.tasks = [TaskSpec(name, include, {**_hub_keys(src), **overrides})]
-        return plan
-    local = True
-    for part in parts:
-        test = _materialize(part.source, data_dir, work / "data" / f"{bench}_{part.short}.jsonl")
-        local &= test is not None
-        keys = {**_json_source({"test": test}), "test_split": "test"} if test else _hub_keys(part.source)
-        plan.tasks.append(TaskSpec(f"{name}_{part.short}", include, keys))
-    plan.group, plan.source = name, "local" if local else "hub"
-    return plan
-
-
-def _plan_user(b: Any, data_dir: Path | None, work: Path, answer_format: str | None) -> BenchmarkPlan:
-    """A user benchmark: its rows become {question (the rendered prompt), answer, scoring spec} in one
-    JSONL under the eval folder, evaluated by the generic treesynth_user task."""
-    spec = b.spec
-    src = b.test_parts()[0].source
-    try:
-        rows = load_source(src, data_dir, use_env=False)
-    except DataUnavailable as e:
-        raise TreesynthError(f"benchmark {b.name!r}: {e}") from None
-    qkey, akey = str(spec.get("question", "question")), str(spec.get("answer", "answer"))
-    template = str(spec.get("prompt") or "{" + qkey + "}")
-    out = []
-    for i, r in enumerate(rows):
-        if qkey not in r or akey not in r:
-            raise TreesynthError(f"benchmark {b.name!r}: row {i + 1} of its test set lacks field "
-                                 f"{qkey if qkey not in r else akey!r} (has {sorted(r)}); set question:/answer: in {b.file}")
-        out.append({"question": fill(template, {k: str(v) for k, v in r.items()}), "answer": str(r[akey]),
-                    "extract": b.extractor_spec(answer_format), "normalize": b.normalize, "metric": b.metric,
-                    "tolerance": float(spec.get("tolerance", 0.0))})
-    if not out:
-        raise TreesynthError(f"benchmark {b.name!r}: its test set is empty")
-    test = work / "data" / f"{b.name}_test.jsonl"
-    write_jsonl(test, out)
-    overrides: dict[str, Any] = {**_json_source({"test": test}), "test_split": "test"}
-    if spec.get("until"):  # stop sequences; max_gen_toks is the run's (eval.max_gen_toks)
-        overrides["generation_kwargs"] = {"until": [str(u) for u in spec["until"]], "do_sample": False}
-    return BenchmarkPlan(b.name, [TaskSpec(f"ts_{b.name}", USER_TASK, overrides)],
-                         source="local" if local_path(src, data_dir, use_env=False) else "hub",
-                         metric="numeric_match" if b.metric == "numeric" else "exact_match")
-
-
-def _plan_lm_eval(b: Any, data_dir: Path | None) -> BenchmarkPlan:
-    """An lm-eval task (or a group of tasks) by name, scored with lm-eval's own config. Local data:
-    `<data.dir>/<task>/<split>.jsonl` for the splits the task reads (test split required)."""
-    tasks, local = [], True
-    for leaf, cfg in lm_eval_leaves(b.name, b.spec):
-        files = {}
-        for split in lm_eval_splits(cfg):
-            path = (data_dir / leaf / f"{split}.jsonl") if data_dir else None
-            if path is not None and path.is_file():
-                files[split] = path
-        test_split = lm_eval_test_split(cfg)
-        overrides = _json_source(files) if test_split in files else {}
-        if overrides:  # splits the task names but the folder lacks: none (zero-shot needs only the test split)
-            overrides.update({k: None for k in ("training_split", "validation_split", "fewshot_split")
-                              if cfg.get(k) and cfg[k] not in files})
-        local &= bool(overrides)
-        tasks.append(TaskSpec(f"ts_{leaf}", lm_eval_yaml(leaf), overrides))
-    group = None
-    group_metrics: list[dict] = []
-    if b.spec.get("_lm_eval_kind") == "GROUP":
-        group = f"ts_{b.name}"
-        group_metrics = list(b.spec.get("aggregate_metric_list") or [])
-    listed = group_metrics or list(b.spec.get("metric_list") or [])
-    return BenchmarkPlan(b.name, tasks, group=group, source="local" if local else "hub",
-                         metric=listed[0].get("metric") if listed else None, group_metrics=group_metrics,
-                         code=bool(b.spec.get("unsafe_code")))
-
-
-def write_task_yamls(plans: list[BenchmarkPlan], out: Path) -> None:
-    """One YAML per task (include by absolute path + overrides) and one per group."""
-    for plan in plans:
-        for t in plan.tasks:
-            doc = {"include": str(t.include), "task": t.name, **t.overrides}
-            atomic_write_text(out / f"{t.name}.yaml", yaml.safe_dump(doc, sort_keys=False))
-        if plan.group:
-            metrics = plan.group_metrics or [{"metric": plan.metric, "aggregation": "mean", "weight_by_size": True}]
-            group = {"group": plan.group, "task": [t.name for t in plan.tasks], "aggregate_metric_list": metrics,
-                     "metadata": {"version": 1.0}}
-            atomic_write_text(out / f"{plan.group}.yaml", yaml.safe_dump(group, sort_keys=False))
 
 
 @contextmanager

@@ -29,8 +29,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,10 +87,6 @@ class RunResult:
     status: str  # passed | failed | timeout
     returncode: int | None
     output: str  # stdout+stderr, truncated
-
-    def as_dict(self) -> dict:
-        return {"passed": self.passed, "status": self.status, "returncode": self.returncode,
-                "output": self.output}
 
 
 def _limits(memory_mb: int, cpu_s: int):
@@ -279,13 +273,3 @@ def _kill_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def run_programs(programs: Iterable[str], timeout_s: float = DEFAULT_TIMEOUT_S,
-                 memory_mb: int = DEFAULT_MEMORY_MB, workers: int | None = None,
-                 mode: str = DEFAULT_SANDBOX) -> list[RunResult]:
-    """Run many programs, a few at a time (each is its own subprocess; threads only wait on them)."""
-    programs = list(programs)
-    workers = workers or max(1, min(4, os.cpu_count() or 1))
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda p: run_program(p, timeout_s, memory_mb, mode), programs))

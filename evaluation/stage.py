@@ -12,7 +12,7 @@ from treesynth.datasets import benchmark_digests, local_data_digest
 from treesynth.errors import TreesynthError
 from treesynth.io import atomic_write_json
 from treesynth.models import resolve_model_path
-from treesynth.pipeline import StageContext
+from treesynth.stage_context import StageContext
 
 EVAL_FILE = "eval.json"
 

@@ -13,8 +13,8 @@ from conftest import compose_config
 
 from treesynth.errors import TreesynthError
 from treesynth.io import read_jsonl, write_jsonl
-from treesynth.llm.scripted import ScriptedBackend
 from treesynth.pipeline import run_stage, stage_dir
+from treesynth.testing.scripted import ScriptedBackend
 
 TOPICS = ["apples", "trains", "money"]
 NAMES = "Ann Ben Cal Dee Eve Fay Gus Hal Ivy Jon".split()

@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, compose_config
 
 from treesynth.errors import TreesynthError
 from treesynth.io import read_jsonl
-from treesynth.llm import LLM, ChatRequest, build_backend, build_llm, online_requests
-from treesynth.llm.stub_server import StubServer
-from treesynth.pipeline import run_pipeline, stage_dir
+from treesynth.llm import LLM, Budget, BudgetExceeded, ChatRequest, build_backend, build_llm, online_requests
+from treesynth.pipeline import run_pipeline, run_stage, stage_dir
+from treesynth.testing.stub_server import StubServer
 
 FAST = {"window_s": 0.1, "poll_s": 0.05}
 
@@ -29,7 +29,7 @@ FAST = {"window_s": 0.1, "poll_s": 0.05}
 def llm_cfg(srv: StubServer, mode: str = "batch", price: dict | None = None, **batch) -> dict:
     return {"backend": "openai", "model": srv.model, "api_key_env": None,
             "runtime": {"base_urls": [srv.base_url], "mode": mode, "max_retries": 1, "backoff_base_s": 0.01,
-                        "price": price, "batch": {**FAST, **batch}}}
+                        "price": price, "batch": {**FAST, "discount": 0.5, **batch}}}  # OpenAI's, as in openai.yaml
 
 
 def requests(n: int, schema: dict | None = None) -> list[ChatRequest]:
@@ -74,6 +74,51 @@ def test_batch_answers_equal_online_and_are_counted(tmp_path):
     # The answers went into the request cache under their custom_id: a second run asks nothing.
     again = build_llm(llm_cfg(srv), tmp_path / "cache")
     assert [x.text for x in run(again, reqs)] == [x.text for x in online] and again.stats.cache_hits == 20
+
+
+def test_batch_answers_are_paid_at_the_batch_price(tmp_path):
+    price = {"input": 1.0, "output": 4.0}
+    reqs = requests(12)
+    with StubServer() as srv:
+        online = build_llm(llm_cfg(srv, "online", price), tmp_path / "online")
+        run(online, reqs)
+        batched = build_llm(llm_cfg(srv, "batch", price), tmp_path / "batch")
+        run(batched, reqs)
+    paid = online.stats.cost_usd
+    assert paid > 0 and batched.stats.cost_usd == pytest.approx(paid / 2)
+    assert batched.stats.as_dict()["batch_saved_usd"] == pytest.approx(paid / 2)
+
+
+def test_a_budget_for_the_batch_price_completes_in_batch_mode(tmp_path):
+    # Every answer is exactly max_tokens long (the stub counts words), so a call costs its worst case:
+    # online 10 x 8 tokens at $1 a token = $80, in a batch $40. A $60 budget stops online, not in a batch.
+    price = {"input": 0.0, "output": 1e6}
+    reqs = [ChatRequest.user(f"question {i}", seed=i, max_tokens=8) for i in range(10)]
+    eight_words = "one two three four five six seven eight"
+    with StubServer(respond=lambda body: eight_words) as srv:
+        online = build_llm(llm_cfg(srv, "online", price), tmp_path / "online", budget=Budget(60.0))
+        with pytest.raises(BudgetExceeded, match="budget llm.runtime.budget_usd=60 reached"):
+            run(online, reqs)
+        budget = Budget(60.0)
+        batched = build_llm(llm_cfg(srv, "batch", price), tmp_path / "batch", budget=budget)
+        out = run(batched, reqs)
+    assert all(c.ok for c in out) and budget.total == pytest.approx(40.0) and budget.refused == 0
+
+
+@pytest.mark.parametrize("method", ["treesynth", "temperature"])
+def test_plan_prices_batched_calls_at_the_discount(tmp_path, capsys, method):
+    base = ["experiment=paper_main", "task=gsm8k", "llm=openai", "llm.model=gpt-4o", "stages=[synthesize]",
+            f"method={method}", "method.plan_only=true"]
+    cost = {mode: run_stage(compose_config([*base, f"llm.runtime.mode={mode}"], tmp_path / mode), "synthesize")
+            ["plan"]["cost"] for mode in ("online", "batch")}
+    assert cost["batch"]["price_per_million_tokens"]["teacher"] == {"input": 2.5, "output": 10.0, "batch_discount": 0.5}
+    assert "batch mode: all but tree building at 50% off" in capsys.readouterr().out
+    for bound in ("likely_usd", "upper_bound_usd"):
+        online, batch = cost["online"][bound], cost["batch"][bound]
+        if method == "temperature":  # every call batchable: half price
+            assert batch == pytest.approx(online / 2, abs=0.01) and batch > 0
+        else:  # tree building stays online at the full price
+            assert online / 2 < batch < online
 
 
 def test_tree_building_requests_stay_online(tmp_path):
@@ -185,9 +230,11 @@ def test_bad_mode_is_one_line_error(tmp_path):
     with pytest.raises(TreesynthError, match="llm.runtime.mode='bulk'"):
         build_llm({"backend": "openai", "model": "m", "runtime": {"mode": "bulk"}})
     with pytest.raises(TreesynthError, match="needs llm.backend=openai"):
-        build_llm({"backend": "scripted", "model": "m", "runtime": {"mode": "batch"}})
+        build_llm({"backend": "treesynth.testing.scripted:ScriptedBackend", "model": "m", "runtime": {"mode": "batch"}})
     with pytest.raises(TreesynthError, match="unknown keys"):
         build_llm({"backend": "openai", "model": "m", "runtime": {"mode": "batch", "batch": {"windows": 1}}})
+    with pytest.raises(TreesynthError, match=r"^llm.runtime.batch.discount must be in \[0, 1\), got 1.5$"):
+        build_llm({"backend": "openai", "model": "m", "runtime": {"mode": "batch", "batch": {"discount": 1.5}}})
 
 
 # ---- the synthesis stage ---------------------------------------------------------------------
@@ -199,7 +246,8 @@ def stage_overrides(srv: StubServer, root: Path, mode: str, size: int = 10) -> l
         "stages=[synthesize]", "task=gsm8k", *TREE, "llm=openai", "llm.profile=constrained", "seed=0",
         "llm.model=stub-model", "llm.api_key_env=null", f"llm.runtime.base_urls=[{srv.base_url}]",
         "llm.runtime.max_retries=1", f"llm.runtime.mode={mode}", "llm.runtime.batch.window_s=0.2",
-        "llm.runtime.batch.poll_s=0.05", f"data.size={size}", "data.hygiene.decontaminate=false",
+        "llm.runtime.batch.poll_s=0.05", "llm.runtime.price.input=1", "llm.runtime.price.output=4",
+        f"data.size={size}", "data.hygiene.decontaminate=false",
         f"paths.artifacts={root / 'artifacts'}", f"paths.results={root / 'results'}", "wandb.mode=disabled",
     ]
 
@@ -215,7 +263,7 @@ def compose(overrides: list[str]):
 def test_synthesis_in_batch_mode_equals_online(tmp_path):
     with StubServer(seed=1) as srv:
         cfg = compose(stage_overrides(srv, tmp_path / "online", "online"))
-        run_pipeline(cfg, tmp_path / "online" / "run")
+        online_summary = run_pipeline(cfg, tmp_path / "online" / "run")
         online_rows = read_jsonl(stage_dir(cfg, "synthesize") / "data.jsonl")
         online_requests_sent = srv.requests
 
@@ -238,6 +286,10 @@ def test_synthesis_in_batch_mode_equals_online(tmp_path):
     m = summary["stages"]["synthesize"]["llm"]
     assert m["batches"] == len(srv.batches) >= 2 and m["batched_requests"] == len(lines) >= 10
     assert m["calls"] == tree_calls + m["batch_answers"] and m["batch_saved_completion_tokens"] > 0
+    # What was paid: tree building at the online price, the batched leaves and answers at half of it.
+    paid_online, paid = online_summary["stages"]["synthesize"]["cost_usd"], summary["stages"]["synthesize"]["cost_usd"]
+    assert paid == pytest.approx(m["cost_usd"], abs=1e-6) and m["batch_saved_usd"] > 0
+    assert paid == pytest.approx(paid_online - m["batch_saved_usd"], abs=1e-5)
 
 
 def test_sigkill_while_batch_in_progress_then_rerun_pays_nothing_twice(tmp_path):

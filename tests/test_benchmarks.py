@@ -17,7 +17,8 @@ from conftest import CONF, REPO, compose_config
 from lm_eval.api.model import LM
 from test_eval_tasks import ScriptedLM, eval_cfg
 
-from evaluation.harness import plan_benchmark, run_eval
+from evaluation.harness import run_eval
+from evaluation.plans import plan_benchmark
 from treesynth import benchmarks
 from treesynth.benchmarks import benchmark, builtin_names
 from treesynth.errors import TreesynthError

@@ -14,7 +14,8 @@ import pytest
 from lm_eval.api.model import LM
 from omegaconf import OmegaConf
 
-from evaluation.harness import plan_benchmark, run_eval
+from evaluation.harness import run_eval
+from evaluation.plans import plan_benchmark
 from evaluation.tasks import utils
 from treesynth.errors import TreesynthError
 from treesynth.io import read_jsonl, write_jsonl
@@ -224,7 +225,7 @@ def test_bad_data_dir_is_a_user_error(tmp_path):
 
 
 def test_generated_yaml_includes_task_by_path(tmp_path):
-    from evaluation.harness import write_task_yamls
+    from evaluation.plans import write_task_yamls
 
     plan = plan_benchmark("gsm8k", "chat", "math500", DATA if DATA.exists() else None, tmp_path)
     write_task_yamls([plan], tmp_path)

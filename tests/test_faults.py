@@ -1,4 +1,4 @@
-"""Faults against the loopback stub (treesynth/llm/stub_server.py): the stub's seeded fault injection, the
+"""Faults against the loopback stub (treesynth/testing/stub_server.py): the stub's seeded fault injection, the
 openai backend's fault counters, the LLM layer's same-request re-ask of unusable answers, and the fast
 version of bench/faults.py: 200-record syntheses with each fault kind at 20% of requests, and SIGKILLs
 at three moments of a TreeSynth run, each compared with a fault-free run of the same seed."""
@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO
 
 from treesynth.llm import LLM, Backend, ChatRequest, Completion, build_llm
-from treesynth.llm.stub_server import FAULT_KINDS, StubServer
+from treesynth.testing.stub_server import FAULT_KINDS, StubServer
 
 sys.path.insert(0, str(REPO))
 from bench import faults as bench  # noqa: E402

@@ -13,11 +13,11 @@ from conftest import REPO, compose_config
 from treesynth.benchmarks import benchmark
 from treesynth.io import read_jsonl
 from treesynth.llm import LLM
-from treesynth.llm.scripted import ScriptedBackend
 from treesynth.methods import hygiene
 from treesynth.methods.verify import extract_answer, verify_records
 from treesynth.pipeline import run_stage, stage_dir
 from treesynth.tasks import task_of
+from treesynth.testing.scripted import ScriptedBackend
 
 BENCH = REPO / "tests" / "fixtures" / "benchdata"
 LEAKED = json.loads((BENCH / "gsm8k" / "test.jsonl").read_text().splitlines()[0])["question"]

@@ -187,8 +187,8 @@ def test_build_llm_cache_hit_skips_the_backend(tmp_path):
     schema = {"type": "object", "properties": {"word": {"enum": ["hat", "bat", "mat"]}},
               "required": ["word"], "additionalProperties": False}
     req = ChatRequest.user("Give one word that rhymes with cat.", seed=5, max_tokens=32, json_schema=schema)
-    first = llm.generate_sync([req])[0]
-    second = llm.generate_sync([req])[0]
+    first = run(llm.generate([req]))[0]
+    second = run(llm.generate([req]))[0]
     assert first.ok and first.data["word"] in {"hat", "bat", "mat"}
     assert not first.cached and second.cached and second.text == first.text
     assert llm.stats.calls == 1 and llm.stats.cache_hits == 1

@@ -22,7 +22,7 @@ import pytest
 from treesynth.errors import TreesynthError
 from treesynth.llm import LLM, ChatRequest, Completion, LLMError, RequestCache, build_llm
 from treesynth.llm.openai_compat import OpenAIBackend, retry_after_s
-from treesynth.llm.stub_server import StubReply, StubServer
+from treesynth.testing.stub_server import StubReply, StubServer
 
 SCHEMA = {
     "title": "pick",
@@ -96,9 +96,9 @@ def test_round_trip_sends_seed_schema_and_key(monkeypatch: pytest.MonkeyPatch, h
 def test_truncation_and_two_event_loops() -> None:
     with StubServer(respond=lambda body: StubReply("partial", finish_reason="length")) as srv:
         llm = build_llm(cfg(srv.base_url))
-        # generate_sync runs a fresh event loop per call; the backend must rebuild its clients.
-        a, = llm.generate_sync([ChatRequest.user("one", seed=1)])
-        b, = llm.generate_sync([ChatRequest.user("two", seed=2)])
+        # each asyncio.run is a fresh event loop; the backend must rebuild its clients.
+        a, = asyncio.run(llm.generate([ChatRequest.user("one", seed=1)]))
+        b, = asyncio.run(llm.generate([ChatRequest.user("two", seed=2)]))
     assert a.finish_reason == b.finish_reason == "length" and a.text == "partial"
     assert srv.requests == 4  # a cut answer is asked again once (runtime.answer_retries) before it is returned
 

@@ -17,12 +17,12 @@ from omegaconf import OmegaConf
 
 from treesynth.errors import TreesynthError
 from treesynth.io import read_jsonl
-from treesynth.llm.scripted import ScriptedBackend
 from treesynth.methods.evol_instruct import elimination_reason
 from treesynth.methods.human import convert, converter_for
 from treesynth.pipeline import run_stage, stage_dir
 from treesynth.profiles import load_profile
 from treesynth.tasks import load_task, task_of
+from treesynth.testing.scripted import ScriptedBackend
 
 FIX = REPO / "tests" / "fixtures"
 CODE_ALPACA = f"method.file={FIX / 'code_alpaca.jsonl'}"

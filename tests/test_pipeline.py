@@ -76,8 +76,52 @@ def test_interrupted_stage_resumes_in_same_dir(make_cfg, monkeypatch, tmp_path):
 
 
 def test_unknown_stage_is_one_line_error(make_cfg, tmp_path):
-    with pytest.raises(TreesynthError, match="unknown stage"):
+    with pytest.raises(TreesynthError, match=r"^unknown stage 'synthesise'; choose from diversity, evaluate, "
+                                             r"evaluate_base, synthesize, train \(stages=\[\.\.\.\]\)$"):
         run_pipeline(make_cfg("stages=[synthesise]"), tmp_path)
+
+
+def test_unrecorded_run_gets_the_stage_table_context_and_records_nothing(make_cfg, monkeypatch, tmp_path):
+    """What the other ranks of `training.launch` run: the same context run_stage gives, no stage.json."""
+    cfg = make_cfg()
+    seen = []
+    monkeypatch.setattr(pipeline, "_entry", lambda stage: lambda ctx: seen.append(ctx) or {"steps": 1})
+    assert pipeline.run_unrecorded(cfg, "train") == {"steps": 1}
+    (ctx,) = seen
+    assert (ctx.stage, ctx.key, ctx.dir) == ("train", stage_key(cfg, "train"), stage_dir(cfg, "train"))
+    assert ctx.dir.is_dir() and ctx.inputs == {"synthesize": stage_dir(cfg, "synthesize")}
+    assert not (ctx.dir / pipeline.DONE_FILE).exists() and not list(ctx.dir.parent.glob("*.lock"))
+
+
+def test_file_lock_lets_one_holder_in_at_a_time(tmp_path):
+    """The stage lock (treesynth/io.py file_lock, flock): a second holder waits until the first leaves."""
+    import threading
+    import time
+
+    from treesynth.io import file_lock
+
+    lock, order, held, waiting = tmp_path / "deep" / "k.lock", [], threading.Event(), threading.Event()
+
+    def first():
+        with file_lock(lock):
+            order.append("first in")
+            held.set()
+            waiting.wait(5)
+            time.sleep(0.2)  # the second is blocked in flock meanwhile
+            order.append("first out")
+
+    def second():
+        held.wait(5)
+        waiting.set()
+        with file_lock(lock):
+            order.append("second in")
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert order == ["first in", "first out", "second in"]
 
 
 def test_secrets_are_scrubbed():
@@ -95,8 +139,9 @@ def test_secrets_are_scrubbed():
 def test_every_stage_entry_resolves_to_a_function():
     for s in STAGES.values():
         assert callable(pipeline._entry(s)), s.entry
-    for s in STAGES.values():
-        assert s.inputs is None or callable(pipeline._import(s.inputs)), s.inputs
+    assert set(pipeline.KEY_INPUTS) == {s.name for s in STAGES.values() if s.inputs}
+    for name in pipeline.KEY_INPUTS:
+        assert callable(pipeline.KEY_INPUTS.load(name)), name
 
 
 def test_keys_follow_local_data_content(make_cfg, tmp_path):

@@ -1,4 +1,4 @@
-"""Fail fast on bad input (treesynth/preflight.py, treesynth/settings.py) and write failures that leave no
+"""Fail fast on bad input (treesynth/preflight.py, treesynth/settings/) and write failures that leave no
 artifact a rerun would take as finished (treesynth/io.py, treesynth/pipeline.py).
 
 run.py is run as a subprocess for a few bad inputs (exit code 2, one line on stderr naming the key, in

@@ -14,11 +14,11 @@ from treesynth.errors import TreesynthError
 from treesynth.io import read_jsonl
 from treesynth.llm import ChatRequest, price_of
 from treesynth.llm.client import Budget, BudgetExceeded, Price
-from treesynth.llm.scripted import ScriptedBackend
 from treesynth.methods.base import KeyedLog
 from treesynth.methods.hygiene import NearDupIndex, dedup
 from treesynth.pipeline import run_stage, stage_dir
 from treesynth.progress import Progress
+from treesynth.testing.scripted import ScriptedBackend
 
 TEMP = ["llm=scripted", "stages=[synthesize]", "method=temperature", "data.hygiene.decontaminate=false"]
 

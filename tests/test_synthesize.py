@@ -17,10 +17,10 @@ import pytest
 from conftest import REPO, compose_config
 
 from treesynth.io import read_jsonl
-from treesynth.llm.scripted import ScriptedBackend, request_rng
 from treesynth.methods.treesynth import schedule
 from treesynth.pipeline import run_stage, stage_dir
 from treesynth.tasks import task_of
+from treesynth.testing.scripted import ScriptedBackend, request_rng
 
 BASE = ["llm=scripted", "stages=[synthesize]", "method.pivots=3", "method.max_depth=2", "method.max_children=3"]
 

@@ -1,5 +1,5 @@
 """The TreeSynth synthesis stage end to end over HTTP: llm=openai against the loopback stub server
-(treesynth/llm/stub_server.py). The stub answers every JSON-schema request with a schema-valid instance
+(treesynth/testing/stub_server.py). The stub answers every JSON-schema request with a schema-valid instance
 drawn from (messages, seed), so the tree branches, pivots/leaf samples parse, and the teacher's
 structured answer renders into the GSM8K answer format ("#### <number>"): the constrained profile over a
 server (llm.profile=constrained). The open profile's double is treesynth/testing/capable.py."""
@@ -17,9 +17,9 @@ import pytest
 from conftest import REPO, compose_config
 
 from treesynth.io import read_jsonl
-from treesynth.llm.stub_server import StubServer
 from treesynth.pipeline import run_pipeline, stage_dir
 from treesynth.tasks import task_of
+from treesynth.testing.stub_server import StubServer
 
 # Small tree: depth 2, 3 pivots. max_children stays at its default 6 = proposal (<= 4) + coverage (<= 2)
 # values, so the stub's dimensions stay finite and the root's children branch again.

@@ -197,9 +197,9 @@ def test_weak_free_text_teacher_gets_one_final_answer_call(tmp_path):
     import asyncio
 
     from treesynth.llm import LLM
-    from treesynth.llm.scripted import ScriptedBackend
     from treesynth.methods.base import PromptRecord
     from treesynth.respond import respond_one
+    from treesynth.testing.scripted import ScriptedBackend
 
     gsm = task("gsm8k", tmp_path, "llm=openai")
     titles = []

@@ -11,7 +11,8 @@ import pytest
 
 from treesynth.errors import TreesynthError
 from treesynth.io import read_jsonl, write_jsonl
-from treesynth.pipeline import StageContext, stage_dir
+from treesynth.pipeline import stage_dir
+from treesynth.stage_context import StageContext
 
 # Handwritten GSM8K-style records in the data.jsonl contract.
 QA = [
@@ -88,9 +89,10 @@ def test_bad_records_are_one_line_errors(make_cfg, tmp_path):
     write_jsonl(tmp_path / "bad.jsonl", [RECORDS[0], {"id": "x", "prompt": "q", "completion": ""}])
     with pytest.raises(TreesynthError, match="record 2 .*'completion'"):
         load_records(tmp_path / "bad.jsonl")
-    from training.stage import run
+    from training.stage import MODES, run
 
-    with pytest.raises(TreesynthError, match="unknown train"):
+    assert sorted(MODES) == ["full", "lora"] and all(callable(MODES.load(m)) for m in MODES)
+    with pytest.raises(TreesynthError, match=r"unknown training mode .qlora.; choose from full, lora \(train=\.\.\.\)"):
         run(make_ctx(make_cfg("train.name=qlora"), tmp_path))
 
 

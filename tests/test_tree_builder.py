@@ -14,9 +14,9 @@ import pytest
 from conftest import compose_config
 
 from treesynth.llm import LLM
-from treesynth.llm.scripted import ScriptedBackend, by_title
 from treesynth.profiles import profile_for
 from treesynth.tasks import task_of
+from treesynth.testing.scripted import ScriptedBackend, by_title
 from treesynth.tree.builder import TreeBuilder
 from treesynth.tree.config import TreeConfig
 from treesynth.tree.criterion import CriterionError, clean_values, dimension_problem, validate_one_call

@@ -36,8 +36,7 @@ def launch(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     import torch
     from accelerate import PartialState
 
-    from training.stage import run
-    from treesynth.pipeline import StageContext, is_done, run_pipeline, stage_dir, stage_key
+    from treesynth.pipeline import is_done, run_pipeline, run_unrecorded
 
     if not is_done(cfg, "synthesize"):
         raise TreesynthError(
@@ -52,10 +51,7 @@ def launch(cfg: DictConfig, run_dir: str | Path) -> dict | None:
         cfg.stages = ["train"]
         result = run_pipeline(cfg, run_dir)
     elif not done_before:
-        out = stage_dir(cfg, "train")
-        out.mkdir(parents=True, exist_ok=True)
-        run(StageContext(cfg=cfg, stage="train", key=stage_key(cfg, "train"), dir=out,
-                         inputs={"synthesize": stage_dir(cfg, "synthesize")}))
+        run_unrecorded(cfg, "train")
     state.wait_for_everyone()
     return result
 

@@ -5,15 +5,11 @@ Writes into ctx.dir: `adapter/` (lora) or `model/` (full), `train_log.jsonl`, `t
 
 from __future__ import annotations
 
-import importlib
+from treesynth.registry import Registry
+from treesynth.stage_context import StageContext
 
-from treesynth.errors import TreesynthError
-
-MODES = {"lora": "training.lora", "full": "training.full"}
+MODES = Registry("training mode", "train=...", {"lora": "training.lora:run", "full": "training.full:run"})
 
 
-def run(ctx) -> dict:
-    name = str(ctx.cfg.train.get("name", ""))
-    if name not in MODES:
-        raise TreesynthError(f"unknown train={name!r}; choose one of {sorted(MODES)}")
-    return importlib.import_module(MODES[name]).run(ctx)
+def run(ctx: StageContext) -> dict:
+    return MODES.load(str(ctx.cfg.train.get("name", "")))(ctx)

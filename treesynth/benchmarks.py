@@ -33,7 +33,6 @@ REPO = Path(__file__).resolve().parents[1]
 BUILTIN_DIR = REPO / "conf" / "benchmark"
 PATH_ENV = "TREESYNTH_BENCHMARK_PATH"
 METRICS = ("exact_match", "numeric")  # what a user benchmark may score with
-KINDS = ("builtin", "user", "lm_eval")
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ class Part:
 @dataclass(frozen=True)
 class Benchmark:
     name: str
-    kind: str  # builtin | user | lm_eval
+    kind: str  # builtin | user | lm_eval: the plan builder evaluating it (evaluation/plans.py PLANNERS)
     spec: dict[str, Any]  # the entry as written (lm_eval: lm-eval's resolved task config)
     file: Path | None = None  # the YAML it came from (lm_eval: lm-eval's task YAML)
 

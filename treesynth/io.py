@@ -1,4 +1,5 @@
-"""Atomic file writes and JSONL helpers: nothing already written is ever half-overwritten.
+"""Atomic file writes, JSONL checkpoint logs and the file lock: nothing already written is ever
+half-overwritten, and one process at a time computes what several may ask for.
 
 A write that fails (full disk, read-only or unwritable folder) raises `WriteFailed`, one line naming the
 file, and leaves the file as it was: no temp file, no torn content a rerun could take for finished work.
@@ -7,6 +8,7 @@ file, and leaves the file as it was: no temp file, no torn content a rerun could
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import tempfile
@@ -137,6 +139,43 @@ class JsonlAppender:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Checkpoint:
+    """An append-only event log in a work dir: `rows()` replays what a killed run already wrote."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._appender: JsonlAppender | None = None
+
+    def rows(self) -> Iterator[dict]:
+        return iter_jsonl(self.path) if self.path.exists() else iter(())
+
+    def append(self, row: dict) -> None:
+        if self._appender is None:
+            self._appender = JsonlAppender(self.path)
+        self._appender.append(row)
+
+    def close(self) -> None:
+        if self._appender is not None:
+            self._appender.close()
+            self._appender = None
+
+
+@contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing, left in place) for the block, waiting for it
+    when another process holds it: parallel sweep jobs never compute the same artifact twice.
+    flock(2) is stdlib and what the `filelock` package itself uses on POSIX; the lock goes with the
+    process, so a killed holder never leaves a stale lock behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # errnos that mean the filesystem takes no more writes, whichever library was writing

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from treesynth.errors import TreesynthError
+from treesynth.io import file_lock
 
 log = logging.getLogger("treesynth")
 
@@ -37,10 +38,7 @@ def embedded_model_dir() -> Path:
     out = cache_root() / "models" / EMBEDDED_NAME
     if (out / "config.json").exists() and (out / "tokenizer_config.json").exists():
         return out
-    from filelock import FileLock
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out) + ".lock"):
+    with file_lock(str(out) + ".lock"):
         if (out / "config.json").exists() and (out / "tokenizer_config.json").exists():
             return out
         import shutil

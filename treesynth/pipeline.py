@@ -5,34 +5,33 @@ stage's output depends on plus its upstream stages' keys. Sub-nodes named `runti
 batch sizes, endpoints, timeouts) are excluded from every key: they change speed, not output.
 A stage is finished when its `stage.json` exists; a rerun skips it; an interrupted stage finds its
 partial checkpoint files in the same directory and resumes. A per-key file lock keeps parallel sweep
-jobs from computing the same artifact twice.
+jobs from computing the same artifact twice. What a stage function receives is a `StageContext`
+(treesynth/stage_context.py), built here by `stage_context`.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import importlib
 import json
 import logging
 import re
 import shlex
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from treesynth.errors import TreesynthError
-from treesynth.io import atomic_write_json, reporting_write_failures
+from treesynth.io import atomic_write_json, file_lock, reporting_write_failures
+from treesynth.registry import Registry
+from treesynth.stage_context import DONE_FILE, StageContext
+from treesynth.tracking import Tracker
 
 log = logging.getLogger("treesynth")
 
 RUNTIME_KEY = "runtime"
-DONE_FILE = "stage.json"
 
 
 @dataclass(frozen=True)
@@ -64,18 +63,9 @@ STAGES: dict[str, Stage] = {
               "evaluation.stage:key_inputs"),
     ]
 }
-
-
-@dataclass
-class StageContext:
-    """What a stage function receives. It writes its outputs under `dir` and returns metrics."""
-
-    cfg: DictConfig
-    stage: str
-    key: str
-    dir: Path
-    inputs: dict[str, Path] = field(default_factory=dict)  # upstream stage -> its artifact dir
-    tracker: Any = None
+# The lazy references of the table, by stage name: a stage's function and its key-inputs function.
+ENTRIES = Registry("stage", "stages=[...]", {s.name: s.entry for s in STAGES.values()})
+KEY_INPUTS = Registry("stage", "stages=[...]", {s.name: s.inputs for s in STAGES.values() if s.inputs})
 
 
 def _strip_runtime(node: Any) -> Any:
@@ -95,8 +85,8 @@ def stage_config(cfg: DictConfig, stage: Stage) -> dict:
         if isinstance(value, DictConfig) or OmegaConf.is_list(value):
             value = OmegaConf.to_container(value, resolve=True)
         out[path] = _strip_runtime(value)
-    if stage.inputs:
-        out["inputs"] = _import(stage.inputs)(cfg)
+    if stage.name in KEY_INPUTS:
+        out["inputs"] = KEY_INPUTS.load(stage.name)(cfg)
     return out
 
 
@@ -121,9 +111,8 @@ def is_done(cfg: DictConfig, name: str) -> bool:
 
 def _closure(selected: list[str]) -> list[str]:
     """Selected stages plus any upstream stage they need, in table order."""
-    unknown = [s for s in selected if s not in STAGES]
-    if unknown:
-        raise TreesynthError(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
+    for s in selected:
+        ENTRIES.check(s)
     need: set[str] = set()
 
     def add(name: str) -> None:
@@ -137,35 +126,37 @@ def _closure(selected: list[str]) -> list[str]:
     return [s for s in STAGES if s in need]
 
 
-@contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _import(ref: str) -> Callable:
-    module, func = ref.split(":")
-    return getattr(importlib.import_module(module), func)
-
-
 def _entry(stage: Stage) -> Callable[[StageContext], dict]:
-    return _import(stage.entry)
+    return ENTRIES.load(stage.name)
+
+
+def stage_context(cfg: DictConfig, name: str, tracker: Any = None) -> StageContext:
+    """What stage `name` receives under this config: its key, its artifact dir, its upstream stages' dirs."""
+    key = stage_key(cfg, name)
+    return StageContext(cfg=cfg, stage=name, key=key, dir=Path(cfg.paths.artifacts) / name / key,
+                        inputs={up: stage_dir(cfg, up) for up in STAGES[name].after}, tracker=tracker)
+
+
+def run_unrecorded(cfg: DictConfig, name: str) -> dict:
+    """Run stage `name`'s function into its artifact dir without lock, stage.json or tracking: the other
+    ranks of a distributed launch join the work that rank 0 runs (and records) through `run_stage`."""
+    ctx = stage_context(cfg, name)
+    ctx.dir.mkdir(parents=True, exist_ok=True)
+    return _entry(STAGES[name])(ctx) or {}
 
 
 def run_stage(cfg: DictConfig, name: str, tracker: Any = None) -> dict:
     """Run one stage unless its artifact already exists; return its metrics. A full or read-only artifacts
     filesystem is one WriteFailed line naming the path, and the stage stays unfinished (no stage.json), so a
     rerun after freeing space redoes it, resuming from its checkpoints."""
+    return _run(stage_context(cfg, name, tracker))
+
+
+def _run(ctx: StageContext) -> dict:
+    cfg, name, key, out = ctx.cfg, ctx.stage, ctx.key, ctx.dir
     stage = STAGES[name]
-    key = stage_key(cfg, name)
-    out = stage_dir(cfg, name)
     done = out / DONE_FILE
-    with reporting_write_failures(out), _locked(out.parent / f"{key}.lock"):
+    with reporting_write_failures(out), file_lock(out.parent / f"{key}.lock"):
         if done.exists():
             log.info("[%s] already done (key %s): reusing %s", name, key, out)
             return json.loads(done.read_text())["metrics"]
@@ -173,21 +164,13 @@ def run_stage(cfg: DictConfig, name: str, tracker: Any = None) -> dict:
         resumed = any(p.name != "stage_config.json" for p in out.iterdir())
         log.info("[%s] %s (key %s) in %s", name, "resuming" if resumed else "running", key, out)
         atomic_write_json(out / "stage_config.json", scrub_secrets(stage_config(cfg, stage)))  # the key hashes the values
-        ctx = StageContext(
-            cfg=cfg,
-            stage=name,
-            key=key,
-            dir=out,
-            inputs={up: stage_dir(cfg, up) for up in stage.after},
-            tracker=tracker,
-        )
         t0 = time.time()
         metrics = _entry(stage)(ctx) or {}
         metrics = {**metrics, "seconds": round(time.time() - t0, 2)}
         # upstream keys: what this artifact was made from (an export finds a dataset's diversity stage);
         # command: the invocation that made it (dataset cards quote it)
         atomic_write_json(done, {"stage": name, "key": key, "metrics": metrics, "finished": time.time(),
-                                 "upstream": {up: stage_key(cfg, up) for up in stage.after},
+                                 "upstream": {up: d.name for up, d in ctx.inputs.items()},
                                  "command": invocation()})
         return metrics
 
@@ -237,8 +220,6 @@ def invocation() -> dict[str, Any] | None:
 
 def run_pipeline(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Run the configured stages (and the upstream ones they need); write `summary.json` in run_dir."""
-    from treesynth.tracking import Tracker
-
     run_dir = Path(run_dir)
     order = _closure(list(cfg.stages))
     config = scrub_secrets(OmegaConf.to_container(cfg, resolve=True))
@@ -246,10 +227,11 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path) -> dict:
     summary: dict[str, Any] = {"config": config, "command": invocation(), "stages": {}, "artifacts": {}}
     try:
         for name in order:
-            metrics = run_stage(cfg, name, tracker)
+            ctx = stage_context(cfg, name, tracker)
+            metrics = _run(ctx)
             summary["stages"][name] = metrics
-            summary["artifacts"][name] = str(stage_dir(cfg, name))
-            tracker.log_stage(name, metrics)
+            summary["artifacts"][name] = str(ctx.dir)
+            tracker.log_stage(name, metrics, ctx.dir, ctx.inputs)
             atomic_write_json(run_dir / "summary.json", summary)
     finally:
         tracker.finish()

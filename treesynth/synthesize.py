@@ -43,12 +43,12 @@ from treesynth.methods import Method, MethodEnv, method_class
 from treesynth.methods.base import PromptRecord
 from treesynth.methods.hygiene import Hygiene
 from treesynth.methods.verify import verify_records
-from treesynth.pipeline import StageContext
 from treesynth.profiles import used_profiles
 from treesynth.progress import Progress
 from treesynth.progress import configure as configure_progress
 from treesynth.respond import respond, response_log
 from treesynth.settings import LLMRuntime, load
+from treesynth.stage_context import StageContext
 from treesynth.tasks import TaskSpec, task_of
 
 log = logging.getLogger("treesynth")
@@ -349,7 +349,8 @@ def plan_cost(estimate: dict[str, Any], cfg: DictConfig, task: TaskSpec) -> dict
     """Dollars for a plan's calls: generation calls (tree + leaves, or the baselines' calls) priced with
     llm's price, teacher calls with the teacher's. Input tokens are estimated from this task's rendered
     requests; output tokens are the plan's max_tokens bounds (`upper_bound_usd`) or LIKELY_FILL of them
-    (`likely_usd`)."""
+    (`likely_usd`). In batch mode (llm.runtime.mode=batch) every call but tree building is priced at the
+    batch discount."""
     tree = estimate.get("tree") or {}
     k = int(estimate.get("samples_per_call") or task.profile.samples_per_call)
     gen_calls_max = int(tree.get("calls_max", 0)) + int(estimate.get("leaf_calls", 0)) or int(
@@ -365,11 +366,17 @@ def plan_cost(estimate: dict[str, Any], cfg: DictConfig, task: TaskSpec) -> dict
     t_in = _request_tokens(task.response_request(task.build_prompt(sample), sample, seed=0))
     gen_price = price_of(cfg.llm)
     t_price = price_of(cfg.teacher) if cfg.get("teacher") is not None else gen_price
-    upper = gen_price.cost(gen_calls_max * gen_in, gen_out_max) + t_price.cost(t_max * t_in, t_out_max)
-    likely = (gen_price.cost(gen_calls_max * gen_in, int(gen_out_max * LIKELY_FILL))
-              + t_price.cost(t_expected * t_in, int(t_expected * task.teacher_profile.response_max_tokens * LIKELY_FILL)))
+    tree_calls, tree_out = int(tree.get("calls_max", 0)), int(tree.get("completion_tokens_max", 0))
+
+    def generation(fill: float) -> float:  # tree building online, the rest batchable
+        return (gen_price.cost(tree_calls * gen_in, tree_out * fill)
+                + gen_price.cost((gen_calls_max - tree_calls) * gen_in, (gen_out_max - tree_out) * fill, batched=True))
+
+    upper = generation(1.0) + t_price.cost(t_max * t_in, t_out_max, batched=True)
+    likely = generation(LIKELY_FILL) + t_price.cost(
+        t_expected * t_in, t_expected * task.teacher_profile.response_max_tokens * LIKELY_FILL, batched=True)
     return {"likely_usd": round(likely, 2), "upper_bound_usd": round(upper, 2),
-            "price_per_million_tokens": {"generator": vars(gen_price), "teacher": vars(t_price)},
+            "price_per_million_tokens": {"generator": gen_price.as_dict(), "teacher": t_price.as_dict()},
             "prompt_tokens_per_call": {"generation": gen_in, "teacher": t_in}, "likely_fill": LIKELY_FILL}
 
 
@@ -385,5 +392,6 @@ def _plan(cls: type[Method], cfg: DictConfig, task: Any, size: int, out: Path) -
     c = estimate["cost"]
     print(f"[plan] expected cost: ${c['likely_usd']:,.2f} (upper bound ${c['upper_bound_usd']:,.2f}) at "
           f"${c['price_per_million_tokens']['generator']['input']:g}/${c['price_per_million_tokens']['generator']['output']:g}"
-          f" per million input/output tokens ({cfg.llm.get('model')})")
+          f" per million input/output tokens ({cfg.llm.get('model')})"
+          + (f"; batch mode: all but tree building at {d:.0%} off" if (d := price_of(cfg.llm).batch_discount) else ""))
     return {"plan": estimate}

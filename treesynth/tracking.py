@@ -22,13 +22,16 @@ import json
 import logging
 import netrc
 import os
+from collections.abc import Mapping
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from treesynth.io import iter_jsonl
 from treesynth.settings import Wandb, load
+from treesynth.stage_context import DONE_FILE
 
 log = logging.getLogger("treesynth")
 
@@ -126,9 +129,10 @@ class Tracker:
         if self.run is not None:
             self._safe(self.run.log, data)
 
-    def log_stage(self, stage: str, metrics: dict[str, Any], stage_dir: str | Path | None = None) -> None:
-        """Metrics of one finished stage, plus its data samples and images (from its artifact directory,
-        by default the one the pipeline keys for this config)."""
+    def log_stage(self, stage: str, metrics: dict[str, Any], stage_dir: str | Path,
+                  inputs: Mapping[str, Path] | None = None) -> None:
+        """Metrics of one finished stage, plus its data samples and images, read from its artifact directory
+        `stage_dir`; `inputs`: the upstream stages' artifact dirs (their W&B artifacts become this run's inputs)."""
         if self.run is None:
             return
         flat = {f"{stage}/{k}": v for k, v in _flatten(metrics).items() if isinstance(v, int | float | str)}
@@ -136,24 +140,21 @@ class Tracker:
         payload: dict[str, Any] = dict(numeric)
         if self.data_size is not None:
             payload["data/size"] = self.data_size
-        payload.update(self._media(stage, stage_dir))
+        payload.update(self._media(stage, Path(stage_dir)))
         self.log(payload)
         self._safe(self.run.summary.update, flat)
-        self._artifacts(stage, stage_dir)
+        self._artifacts(stage, Path(stage_dir), inputs or {})
 
-    def _artifacts(self, stage: str, stage_dir: str | Path | None) -> None:
+    def _artifacts(self, stage: str, stage_dir: Path, inputs: Mapping[str, Path]) -> None:
         """Declare the upstream stages' W&B artifacts as inputs of this run, and log this stage's own."""
         try:
-            from treesynth.pipeline import STAGES
-            from treesynth.pipeline import stage_dir as keyed_dir
-
-            for up in STAGES[stage].after:
+            for up, folder in inputs.items():
                 if up in ARTIFACTS:
-                    art = self.artifact(up, keyed_dir(self.cfg, up))
+                    art = self.artifact(up, Path(folder))
                     if art is not None:
                         self._use(art)
             if stage in ARTIFACTS:
-                art = self.artifact(stage, Path(stage_dir or keyed_dir(self.cfg, stage)))
+                art = self.artifact(stage, stage_dir)
                 if art is not None:
                     self.run.log_artifact(art)
         except Exception as e:  # never fail a run for tracking
@@ -173,16 +174,15 @@ class Tracker:
         immutable): a finished artifact dir never changes."""
         import wandb
 
-        from treesynth.pipeline import DONE_FILE, STAGES, stage_key
-
         kind, names = ARTIFACTS[stage]
         meta: dict[str, Any] = {"stage": stage, "key": folder.name, "path": str(folder)}
         meta.update({k: OmegaConf.select(self.cfg, k, default=None) for k in ARTIFACT_CONFIG[kind]})
-        for up in STAGES[stage].after:  # the metadata names the inputs too, readable without lineage
-            if up in ARTIFACTS:
-                meta[f"{ARTIFACTS[up][0]}_artifact"] = artifact_name(up, stage_key(self.cfg, up))
         done = folder / DONE_FILE
-        metrics = json.loads(done.read_text()).get("metrics") or {} if done.exists() else {}
+        record = json.loads(done.read_text()) if done.exists() else {}
+        for up, key in (record.get("upstream") or {}).items():  # the inputs too, readable without lineage
+            if up in ARTIFACTS:
+                meta[f"{ARTIFACTS[up][0]}_artifact"] = artifact_name(up, key)
+        metrics = record.get("metrics") or {}
         meta["metrics"] = {k: v for k, v in _flatten(metrics).items() if _number(v) is not None}
         art = wandb.Artifact(artifact_name(stage, folder.name), type=kind, metadata=meta)
         added = False
@@ -199,16 +199,11 @@ class Tracker:
             added = True
         return art if added else None
 
-    def _media(self, stage: str, stage_dir: str | Path | None) -> dict[str, Any]:
+    def _media(self, stage: str, d: Path) -> dict[str, Any]:
         """W&B objects for the files a stage left: data samples table and PNG images."""
         try:
             import wandb
 
-            if stage_dir is None:
-                from treesynth.pipeline import stage_dir as keyed_dir
-
-                stage_dir = keyed_dir(self.cfg, stage)
-            d = Path(stage_dir)
             out: dict[str, Any] = {}
             data = d / "data.jsonl"
             if data.exists():
@@ -221,13 +216,6 @@ class Tracker:
         except Exception as e:
             log.warning("W&B: could not collect %s artifacts (ignored): %s", stage, e)
             return {}
-
-    def log_image(self, name: str, path: str | Path) -> None:
-        if self.run is None:
-            return
-        import wandb
-
-        self._safe(lambda: self.run.log({name: wandb.Image(str(path))}))
 
     def finish(self) -> None:
         if self.run is not None:
@@ -258,8 +246,6 @@ def _cell(v: Any) -> str:
 
 def sample_table(path: str | Path, n: int = SAMPLE_ROWS) -> Any:
     """The first n records of a data.jsonl as a wandb.Table (None when empty)."""
-    from treesynth.io import iter_jsonl
-
     rows = list(islice(iter_jsonl(path), n))
     return _table(rows) if rows else None
 

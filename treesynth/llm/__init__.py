@@ -4,13 +4,11 @@ wrapped so that requests without dependencies go through the provider's Batch AP
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from treesynth.errors import TreesynthError
 from treesynth.llm.base import Backend, ChatRequest, Completion, LLMError, online_requests
 from treesynth.llm.cache import RequestCache
 from treesynth.llm.client import (
@@ -23,24 +21,21 @@ from treesynth.llm.client import (
     parse_json,
     price_of,
 )
+from treesynth.registry import Registry
 
-# backend name -> "module:Class"; each class takes the llm config as a plain dict.
-BACKENDS = {
+# backend name -> "module:Class"; each class takes the llm config as a plain dict. `llm.backend` may also
+# be a "module:Class" reference: conf/llm/scripted.yaml names the test double of treesynth/testing/ so.
+BACKENDS = Registry("llm backend", "llm=... or llm.backend=...", {
     "embedded": "treesynth.llm.embedded:EmbeddedBackend",
     "openai": "treesynth.llm.openai_compat:OpenAIBackend",
     "vllm": "treesynth.llm.vllm_engine:VLLMBackend",
-    "scripted": "treesynth.llm.scripted:ScriptedBackend",  # deterministic, for tests
-}
+}, references=True)
 
 
 def build_backend(llm_cfg: DictConfig | dict, cache_dir: str | Path | None = None) -> Backend:
     """The backend for `llm.backend`; in batch mode its batch checkpoint lives under `cache_dir`."""
     cfg: dict[str, Any] = OmegaConf.to_container(llm_cfg, resolve=True) if isinstance(llm_cfg, DictConfig) else dict(llm_cfg)
-    name = cfg.get("backend")
-    if name not in BACKENDS:
-        raise TreesynthError(f"unknown llm backend {name!r}; choose from {sorted(BACKENDS)} (llm=...)")
-    module, cls = BACKENDS[name].split(":")
-    backend = getattr(importlib.import_module(module), cls)(cfg)
+    backend = BACKENDS.load(cfg.get("backend"))(cfg)
     if (cfg.get("runtime") or {}).get("mode", "online") == "online":
         return backend
     from treesynth.llm.batch import batch_mode  # the HTTP stack is imported only when asked for

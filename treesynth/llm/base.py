@@ -77,6 +77,18 @@ def wants_online() -> bool:
     return _ONLINE.get()
 
 
+# Schema titles of tree-building calls (treesynth/tree/builder.py): online even outside online_requests().
+ONLINE_TITLES = frozenset({"criterion", "propose", "assign", "coverage"})
+
+
+def batchable(request: ChatRequest) -> bool:
+    """Whether batch mode (treesynth/llm/batch.py) sends `request` to the Batch API, and so whether it is
+    priced at the batch discount (treesynth/llm/client.py `Price`): False for requests that must be
+    answered now, inside online_requests() or tree-building steps."""
+    title = (request.json_schema or {}).get("title")
+    return not wants_online() and title not in ONLINE_TITLES
+
+
 class Backend(ABC):
     """A model behind one async call. Batching and concurrency are the backend's business:
     callers submit many requests concurrently and the backend batches (embedded, vLLM) or bounds

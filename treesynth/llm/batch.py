@@ -2,58 +2,45 @@
 them (leaf samples, teacher answers) go through the OpenAI Batch API at its discount; the rest stays online.
 
 `BatchBackend` wraps an `OpenAIBackend`. A request made inside `online_requests()` (tree building:
-treesynth/tree/builder.py), or one whose schema is a tree-building step (`ONLINE_TITLES`), goes straight
-to the online backend. Every other request is queued; when no new one has arrived for
+treesynth/tree/builder.py), or one whose schema is a tree-building step (`base.ONLINE_TITLES`), goes
+straight to the online backend (`base.batchable`). Every other request is queued; when no new one has arrived for
 `runtime.batch.window_s` (methods submit a step's requests together through asyncio.gather), or
-`max_requests` are queued, the queue becomes one batch: a JSONL of {custom_id, method, url, body} lines
-(custom_id = the request's cache key, so answers map back through the request cache) uploaded to
-/v1/files (purpose=batch), then POST /v1/batches (endpoint /v1/chat/completions, completion_window).
-The batch is polled every `poll_s` until it reaches a terminal status (completed, failed, expired,
+`max_requests` are queued, the queue becomes one batch (treesynth/llm/batch_api.py: a JSONL uploaded to
+/v1/files, POST /v1/batches; custom_id = the request's cache key, so answers map back through the request
+cache). The batch is polled every `poll_s` until it reaches a terminal status (completed, failed, expired,
 cancelled); its output file answers the lines that succeeded; lines in the error file, or missing from
 the output (an expired or cancelled batch), go into a new batch, each at most `line_retries` times, then
 fail as an `LLMError` (the LLM layer records the error).
 
-Resume: `<cache_dir>/batches/batches.jsonl` (cache_dir: the artifacts root's .cache/llm/) records each
-batch when created (id, digest and list of its request keys) and when finished (status), and the
-successful answers of a finished batch are kept in `<batch id>.results.jsonl`. A rerun after a kill
-attaches a request whose key belongs to a recorded unfinished batch to that batch (polling it, never
-re-submitting), and answers a request whose key a finished batch answered from the kept results, so no
-line is paid twice. (The one gap: a kill between the server creating a batch and the record's fsync.)
+Resume (treesynth/llm/batch_checkpoint.py, under `<cache_dir>/batches/`; cache_dir: the artifacts root's
+.cache/llm/): a rerun after a kill attaches a request whose key belongs to a recorded unfinished batch to
+that batch (polling it, never re-submitting), and answers a request whose key a finished batch answered
+from the kept results, so no line is paid twice.
 
 Accounting (`transport_stats`, reported in the stage metrics' `llm` block next to the online transport's
 counts): batches created and resumed, lines submitted, answers served from batches, line retries, lines
-failed for good, their tokens, and what the discount saved: tokens always, USD when the run is priced
-(`runtime.price`: {input, output} USD per 1M tokens online).
+failed for good, their tokens, and what the discount saved (tokens, USD at the model's price). The
+LLM layer pays batched answers at the batch price (`client.Price.batch_discount`: runtime.batch.discount).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from treesynth.errors import TreesynthError
-from treesynth.io import JsonlAppender, atomic_write_text, iter_jsonl
-from treesynth.llm.base import Backend, ChatRequest, Completion, LLMError, wants_online
-from treesynth.llm.openai_compat import OpenAIBackend, TransportStats, parse_completion, retry_after_s
+from treesynth.llm.base import Backend, ChatRequest, Completion, LLMError, batchable
+from treesynth.llm.batch_api import ACTIVE, TERMINAL, BatchAPI, BatchAPIError, jsonl_line, read_results
+from treesynth.llm.batch_checkpoint import BatchCheckpoint, keys_digest
+from treesynth.llm.client import Price, price_of
+from treesynth.llm.openai_compat import OpenAIBackend, TransportStats
 
 log = logging.getLogger("treesynth")
 
 MODES = ("online", "batch")
-ENDPOINT = "/v1/chat/completions"
-TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-# validating, in_progress, finalizing, cancelling: keep polling
-ACTIVE = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
-# Schema titles of tree-building calls (treesynth/tree/builder.py): online even outside online_requests().
-ONLINE_TITLES = frozenset({"criterion", "propose", "assign", "coverage"})
-CHECKPOINT = "batches.jsonl"
 
 
 @dataclass
@@ -64,19 +51,19 @@ class BatchSettings:
     poll_s: float = 30.0
     completion_window: str = "24h"
     line_retries: int = 2  # a failed or expired line goes into a new batch this often
-    discount: float = 0.5  # batch price = (1 - discount) x online price
 
     @classmethod
     def of(cls, raw: dict | None) -> BatchSettings:
         raw = dict(raw or {})
+        raw.pop("discount", None)  # the batch price: read with the online one, by client.price_of
         unknown = set(raw) - set(cls.__dataclass_fields__)
         if unknown:
             raise TreesynthError(f"llm.runtime.batch: unknown keys {sorted(unknown)}; "
                                  f"known: {sorted(cls.__dataclass_fields__)}")
         s = cls(**raw)
-        if s.window_s < 0 or s.max_requests < 1 or s.poll_s <= 0 or s.line_retries < 0 or not 0 <= s.discount < 1:
-            raise TreesynthError("llm.runtime.batch: window_s >= 0, max_requests >= 1, poll_s > 0, "
-                                 "line_retries >= 0 and 0 <= discount < 1 required")
+        if s.window_s < 0 or s.max_requests < 1 or s.poll_s <= 0 or s.line_retries < 0:
+            raise TreesynthError("llm.runtime.batch: window_s >= 0, max_requests >= 1, poll_s > 0 and "
+                                 "line_retries >= 0 required")
         return s
 
 
@@ -85,8 +72,7 @@ class BatchStats:
     """Batch counters plus the online backend's transport counters (one `as_dict` for LLMStats)."""
 
     online: TransportStats
-    settings: BatchSettings
-    price: dict[str, float] | None = None  # online USD per 1M tokens {input, output} (llm.runtime.price)
+    price: Price  # the model's, with the batch discount (client.price_of)
     batches: int = 0  # batches this process created
     batches_resumed: int = 0  # recorded unfinished batches a rerun picked up
     batched_requests: int = 0  # lines submitted (retried lines counted again)
@@ -97,32 +83,17 @@ class BatchStats:
     batch_completion_tokens: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        d = self.settings.discount
+        d = self.price.batch_discount
         out: dict[str, Any] = {**self.online.as_dict(), **{
-            k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("online", "settings", "price")}}
-        # Saved = what these tokens would have cost online minus what they cost in a batch.
+            k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("online", "price")}}
+        # Saved = what these tokens would have cost online minus what they cost in a batch (the LLM
+        # layer's cost_usd already counts the batch price).
         saved_p, saved_c = self.batch_prompt_tokens * d, self.batch_completion_tokens * d
         out["batch_discount"] = d
         out["batch_saved_prompt_tokens"] = round(saved_p)
         out["batch_saved_completion_tokens"] = round(saved_c)
-        if self.price is not None:
-            usd = (saved_p * self.price["input"] + saved_c * self.price["output"]) / 1e6
-            out["batch_saved_usd"] = round(usd, 6)
+        out["batch_saved_usd"] = round(self.price.cost(saved_p, saved_c), 6)
         return out
-
-
-def batchable(request: ChatRequest) -> bool:
-    """False for requests that must be answered now: inside online_requests(), or tree-building steps."""
-    title = (request.json_schema or {}).get("title")
-    return not wants_online() and title not in ONLINE_TITLES
-
-
-def keys_digest(keys: list[str]) -> str:
-    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:32]
-
-
-class _Failed(Exception):
-    """A batch API call failed for good."""
 
 
 @dataclass
@@ -138,7 +109,7 @@ class _Loop:
     """State bound to one event loop (futures, tasks, the HTTP session)."""
 
     loop: asyncio.AbstractEventLoop
-    session: aiohttp.ClientSession
+    api: BatchAPI
     queue: list[_Line] = field(default_factory=list)
     waiting: dict[str, _Line] = field(default_factory=dict)  # key -> line awaiting an answer
     pollers: dict[str, asyncio.Task] = field(default_factory=dict)  # batch id -> task
@@ -154,64 +125,23 @@ class BatchBackend(Backend):
         self.model = online.model
         self.answer_retries = online.answer_retries
         self.settings = BatchSettings.of(rt.get("batch"))
-        self.transport_stats = BatchStats(online.transport_stats, self.settings, _price(rt.get("price")))
-        self.base_url = online.base_urls[0]  # a batch lives on one account: the first URL
-        self.state_dir = Path(state_dir) if state_dir is not None else None
+        self.transport_stats = BatchStats(online.transport_stats, price_of(cfg))
+        self.checkpoint = BatchCheckpoint(state_dir)
         self._state: _Loop | None = None
-        self._answers: dict[str, Completion] = {}  # kept answers not yet served in this process
-        self._open: dict[str, str] = {}  # key -> recorded unfinished batch holding it
-        self._answered_by: dict[str, str] = {}  # key -> recorded finished batch holding it (not yet read)
-        self._read: set[str] = set()  # finished batches whose results file this process has read
-        self._log: JsonlAppender | None = None
-        self._load()
-
-    # --- checkpoint --------------------------------------------------------------------------
-    def _load(self) -> None:
-        """Recorded batches: the latest batch holding a key decides where its answer comes from."""
-        if self.state_dir is None or not (self.state_dir / CHECKPOINT).exists():
-            return
-        latest: dict[str, str] = {}
-        finished: set[str] = set()
-        for row in iter_jsonl(self.state_dir / CHECKPOINT):
-            if row.get("event") == "created":
-                for k in row["keys"]:
-                    latest[k] = row["batch_id"]
-            elif row.get("event") == "finished":
-                finished.add(row["batch_id"])
-        self._open = {k: b for k, b in latest.items() if b not in finished}
-        self._answered_by = {k: b for k, b in latest.items() if b in finished}
-
-    def _kept_answer(self, key: str) -> Completion | None:
-        """A finished batch's answer to `key` not yet served by this process (results read on first need:
-        most keys of old batches are in the request cache and never reach the backend)."""
-        bid = self._answered_by.pop(key, None)
-        if bid is not None and bid not in self._read and self.state_dir is not None:
-            self._read.add(bid)
-            for row in iter_jsonl(self.state_dir / f"{bid}.results.jsonl"):
-                if self._answered_by.get(row["key"]) == bid or row["key"] == key:
-                    self._answers[row["key"]] = Completion(**row["completion"])
-        return self._answers.pop(key, None)
-
-    def _record(self, row: dict) -> None:
-        if self.state_dir is None:
-            return
-        if self._log is None:
-            self._log = JsonlAppender(self.state_dir / CHECKPOINT)
-        self._log.append(row)
 
     # --- the Backend surface -----------------------------------------------------------------
     async def complete(self, request: ChatRequest) -> Completion:
         if not batchable(request):
             return await self.online.complete(request)
         key = request.cache_key(self.model)
-        if (kept := self._kept_answer(key)) is not None:
+        if (kept := self.checkpoint.kept_answer(key)) is not None:
             return kept  # answered by a batch (this run or one before); a second ask goes to a new batch
         st = self._loop_state()
         if (line := st.waiting.get(key)) is not None:
             return await asyncio.shield(line.future)  # the same request twice at once: one line
-        line = _Line(key, _jsonl_line(key, self.online.request_body(request)), st.loop.create_future())
+        line = _Line(key, jsonl_line(key, self.online.request_body(request)), st.loop.create_future())
         st.waiting[key] = line
-        if (bid := self._open.get(key)) is not None:
+        if (bid := self.checkpoint.open.get(key)) is not None:
             line.attempts = 1  # submitted by an earlier run, in flight since: wait for that batch
             self._follow(st, bid, resumed=True)
         else:
@@ -230,10 +160,8 @@ class BatchBackend(Backend):
         if st is not None and st.loop is asyncio.get_running_loop():
             for t in [*st.tasks, *st.pollers.values(), *([st.flusher] if st.flusher else [])]:
                 t.cancel()
-            await st.session.close()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+            await st.api.close()
+        self.checkpoint.close()
         await self.online.aclose()
 
     # --- queue -> batches --------------------------------------------------------------------
@@ -241,9 +169,7 @@ class BatchBackend(Backend):
         loop = asyncio.get_running_loop()
         if self._state is None or self._state.loop is not loop:
             # A new loop (generate_sync): the old loop's tasks died with it; recorded batches stay open.
-            session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {self.online.api_key()}"},
-                                            trust_env=False)
-            self._state = _Loop(loop, session)
+            self._state = _Loop(loop, BatchAPI(self.online))
         return self._state
 
     def _spawn(self, st: _Loop, coro: Any) -> asyncio.Task:
@@ -286,23 +212,16 @@ class BatchBackend(Backend):
         keys = [ln.key for ln in lines]
         digest = keys_digest(keys)
         try:
-            payload = "".join(ln.jsonl for ln in lines).encode()
-            upload = await self._call(st, "POST", "/files", form=lambda: _form(payload, digest))
-            batch = await self._call(st, "POST", "/batches", json_body={
-                "input_file_id": upload["id"], "endpoint": ENDPOINT,
-                "completion_window": self.settings.completion_window,
-                "metadata": {"treesynth_keys": digest},
-            })
-        except (_Failed, KeyError, TypeError) as e:  # the API refused: re-sending the same file would too
+            upload = await st.api.upload("".join(ln.jsonl for ln in lines).encode(), digest)
+            batch = await st.api.create(upload["id"], self.settings.completion_window, {"treesynth_keys": digest})
+        except (BatchAPIError, KeyError, TypeError) as e:  # the API refused: re-sending the same file would too
             for ln in lines:
                 self._line_failed(st, ln, f"batch not created: {e}", retry=False)
             return
         bid = str(batch["id"])
-        self._record({"event": "created", "batch_id": bid, "input_file_id": upload["id"], "keys_digest": digest,
-                      "keys": keys, "at": time.time()})
+        self.checkpoint.created(bid, upload["id"], keys)
         for ln in lines:
             ln.attempts += 1
-            self._open[ln.key] = bid
         self.transport_stats.batches += 1
         self.transport_stats.batched_requests += len(lines)
         log.info("[batch] %s: %d requests submitted", bid, len(lines))
@@ -312,7 +231,7 @@ class BatchBackend(Backend):
         if bid not in st.pollers:
             if resumed:
                 self.transport_stats.batches_resumed += 1
-                log.info("[batch] %s: picked up from %s", bid, self.state_dir / CHECKPOINT)
+                log.info("[batch] %s: picked up from %s", bid, self.checkpoint.path)
             st.pollers[bid] = st.loop.create_task(self._poll(st, bid))
 
     async def _poll(self, st: _Loop, bid: str) -> None:
@@ -320,7 +239,7 @@ class BatchBackend(Backend):
             await self._poll_until_done(st, bid)
         except Exception as e:  # never leave a waiting request hanging on a lost task
             log.exception("[batch] %s: polling failed", bid)
-            self._finish(st, bid, "unreachable", {}, f"batch {bid}: {type(e).__name__}: {e}", record=False)
+            self._unreachable(st, bid, f"batch {bid}: {type(e).__name__}: {e}")
         finally:
             st.pollers.pop(bid, None)
 
@@ -328,9 +247,9 @@ class BatchBackend(Backend):
         seen = None
         while True:
             try:
-                batch = await self._call(st, "GET", f"/batches/{bid}")
-            except _Failed as e:
-                self._finish(st, bid, "unreachable", {}, f"batch status unavailable: {e}", record=False)
+                batch = await st.api.status(bid)
+            except BatchAPIError as e:
+                self._unreachable(st, bid, f"batch status unavailable: {e}")
                 return
             status = batch.get("status")
             if status != seen:  # a batch can take hours: say where it is when that changes
@@ -346,47 +265,43 @@ class BatchBackend(Backend):
         for fid in (batch.get("output_file_id"), batch.get("error_file_id")):
             if fid:
                 try:
-                    text = await self._call(st, "GET", f"/files/{fid}/content", raw=True)
-                except _Failed as e:
-                    self._finish(st, bid, "unreachable", {}, f"batch file unavailable: {e}", record=False)
+                    read_results(await st.api.content(fid), answers, errors)
+                except BatchAPIError as e:
+                    self._unreachable(st, bid, f"batch file unavailable: {e}")
                     return
-                _read_results(text, answers, errors)
         reason = f"batch {bid} {status}"
         if status == "failed":
             errs = (batch.get("errors") or {}).get("data") or []
             reason += ": " + "; ".join(str(e.get("message", e)) for e in errs[:3]) if errs else ""
-        self._finish(st, bid, status, answers, reason, errors=errors)
+        self._finish(st, bid, status, answers, errors, reason)
 
-    def _finish(self, st: _Loop, bid: str, status: str, answers: dict[str, Completion], reason: str,
-                errors: dict[str, str] | None = None, record: bool = True) -> None:
+    def _finish(self, st: _Loop, bid: str, status: str, answers: dict[str, Completion], errors: dict[str, str],
+                reason: str) -> None:
         """Serve the answers, re-queue the failed lines; keep answers nobody waits for (a rerun's)."""
-        if record and self.state_dir is not None:
-            rows = [{"key": k, "completion": _completion_row(c)} for k, c in answers.items()]
-            atomic_write_text(self.state_dir / f"{bid}.results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-            self._record({"event": "finished", "batch_id": bid, "status": status, "answered": len(answers),
-                          "at": time.time()})
-        keys = [k for k, b in self._open.items() if b == bid]
-        if record:  # unreachable: still open, a later ask (or run) polls it again instead of paying twice
-            for k in keys:
-                del self._open[k]
-        if status != "unreachable":
-            log.info("[batch] %s %s: %d answered, %d to retry", bid, status, len(answers), len(keys) - len(answers))
+        keys = self.checkpoint.keys_of(bid)
+        self.checkpoint.finished(bid, status, answers)
+        log.info("[batch] %s %s: %d answered, %d to retry", bid, status, len(answers), len(keys) - len(answers))
         for k in keys:
             line = st.waiting.get(k)
             c = answers.get(k)
             if line is None:
-                if c is not None and record:
-                    self._answers[k] = c
-                continue
-            if c is not None:
+                if c is not None:
+                    self.checkpoint.keep(k, c)
+            elif c is not None:
                 self.transport_stats.batch_answers += 1
                 self.transport_stats.batch_prompt_tokens += c.prompt_tokens
                 self.transport_stats.batch_completion_tokens += c.completion_tokens
                 if not line.future.done():
                     line.future.set_result(c)
             else:
-                self._line_failed(st, line, (errors or {}).get(k) or f"{reason}: no answer for this line",
-                                  retry=record)  # unreachable: the batch may still finish; a rerun picks it up
+                self._line_failed(st, line, errors.get(k) or f"{reason}: no answer for this line")
+
+    def _unreachable(self, st: _Loop, bid: str, reason: str) -> None:
+        """The batch's state is unknown: fail its waiting lines without retry; the batch stays open, so a
+        later ask (or run) polls it again instead of paying twice."""
+        for k in self.checkpoint.keys_of(bid):
+            if (line := st.waiting.get(k)) is not None:
+                self._line_failed(st, line, reason, retry=False)
 
     def _line_failed(self, st: _Loop, line: _Line, reason: str, retry: bool = True) -> None:
         if retry and line.attempts <= self.settings.line_retries:
@@ -396,83 +311,6 @@ class BatchBackend(Backend):
         self.transport_stats.batch_failed_lines += 1
         if not line.future.done():
             line.future.set_exception(LLMError(reason))
-
-    # --- HTTP --------------------------------------------------------------------------------
-    async def _call(self, st: _Loop, method: str, path: str, json_body: dict | None = None,
-                    form: Any = None, raw: bool = False) -> Any:
-        """One batch API call with the online backend's retry policy (5xx, 408/409/429, timeouts)."""
-        on = self.online
-        last = ""
-        for attempt in range(on.max_retries + 1):
-            pause = None
-            try:
-                data = form() if form is not None else None
-                timeout = aiohttp.ClientTimeout(total=max(on.timeout_s, 600 if form is not None or raw else 0))
-                async with st.session.request(method, self.base_url + path, json=json_body, data=data,
-                                              timeout=timeout) as r:
-                    body = await r.read()
-                    if r.status < 400:
-                        return body.decode() if raw else json.loads(body)
-                    last = f"HTTP {r.status}: {body[:200].decode(errors='replace')}"
-                    if r.status < 500 and r.status not in (408, 409, 429):
-                        raise _Failed(f"{method} {path}: {last}")
-                    pause = retry_after_s(r.headers) if r.status == 429 else None
-            except (asyncio.TimeoutError, aiohttp.ClientError, ValueError) as e:
-                last = f"{type(e).__name__}: {e}"
-            if attempt < on.max_retries:
-                await asyncio.sleep(pause if pause is not None else on.backoff_s(attempt))
-        raise _Failed(f"{method} {path} failed after {on.max_retries + 1} attempts; last: {last}")
-
-
-def _price(raw: Any) -> dict[str, float] | None:
-    """`llm.runtime.price` {input, output} in USD per 1M tokens, when both are given."""
-    raw = dict(raw or {})
-    if raw.get("input") is None or raw.get("output") is None:
-        return None
-    return {"input": float(raw["input"]), "output": float(raw["output"])}
-
-
-def _jsonl_line(key: str, body: dict) -> str:
-    return json.dumps({"custom_id": key, "method": "POST", "url": ENDPOINT, "body": body}) + "\n"
-
-
-def _form(payload: bytes, digest: str) -> aiohttp.FormData:
-    """A fresh multipart body per attempt (aiohttp consumes a FormData once)."""
-    form = aiohttp.FormData()
-    form.add_field("purpose", "batch")
-    form.add_field("file", payload, filename=f"treesynth-{digest}.jsonl", content_type="application/jsonl")
-    return form
-
-
-def _read_results(text: str, answers: dict[str, Completion], errors: dict[str, str]) -> None:
-    """Output / error file lines: {custom_id, response: {status_code, body}, error}."""
-    for raw in text.splitlines():
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw)
-        except ValueError:
-            continue
-        key = row.get("custom_id")
-        resp = row.get("response") or {}
-        if not key:
-            continue
-        if row.get("error") is None and resp.get("status_code") == 200 and isinstance(resp.get("body"), dict):
-            try:
-                answers[key] = parse_completion(resp["body"])
-                continue
-            except (KeyError, IndexError, TypeError):
-                errors[key] = "batch line: malformed response body"
-                continue
-        err = row.get("error") or (resp.get("body") or {}).get("error") or {}
-        code = err.get("code") if isinstance(err, dict) else None
-        msg = err.get("message") if isinstance(err, dict) else str(err)
-        errors[key] = f"batch line failed ({code or resp.get('status_code')}): {str(msg)[:200]}"
-
-
-def _completion_row(c: Completion) -> dict:
-    return {"text": c.text, "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
-            "completion_tokens": c.completion_tokens, "error": c.error}
 
 
 def batch_mode(backend: Backend, cfg: dict, cache_dir: str | Path | None) -> Backend:

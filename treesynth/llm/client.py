@@ -8,7 +8,8 @@ got; an in-process model would only repeat itself). Only then does a JSON reques
 seeds, which sample a different answer. A backend may also expose `transport_stats` (an object with
 `as_dict()`: HTTP retries, 429s, 5xx, timeouts), which `LLMStats.as_dict()` reports with its own counts.
 
-Money: a `Price` ($ per million input/output tokens) turns the token counts into `cost_usd`; a shared
+Money: a `Price` ($ per million input/output tokens; in batch mode the Batch API's discount on the
+requests it serves) turns the token counts into `cost_usd`, what is paid; a shared
 `Budget` refuses a backend call (cache hits are free) that could take the spend past its limit: each call
 reserves its worst case (prompt characters / 4 + max_tokens) until its real usage is known, so the
 spend never exceeds the limit, and calls already in flight finish (and are cached) before the stage stops."""
@@ -28,24 +29,40 @@ import jsonschema
 from tqdm.auto import tqdm
 
 from treesynth.errors import TreesynthError
-from treesynth.llm.base import Backend, ChatRequest, Completion, LLMError
+from treesynth.llm.base import Backend, ChatRequest, Completion, LLMError, batchable
 from treesynth.llm.cache import RequestCache
 
 
 @dataclass(frozen=True)
 class Price:
-    """US dollars per million tokens."""
+    """US dollars per million tokens online. In batch mode a request the Batch API serves (`batchable`:
+    leaf samples, teacher answers) is paid at (1 - batch_discount) of that; tree building stays online."""
 
     input: float = 0.0
     output: float = 0.0
+    batch_discount: float = 0.0  # llm.runtime.batch.discount when llm.runtime.mode=batch, else 0
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.input + completion_tokens * self.output) / 1e6
+    def cost(self, prompt_tokens: float, completion_tokens: float, batched: bool = False) -> float:
+        online = (prompt_tokens * self.input + completion_tokens * self.output) / 1e6
+        return online * (1.0 - self.batch_discount) if batched else online
+
+    def batched(self, request: ChatRequest) -> bool:
+        """Whether `request` is paid at the batch price."""
+        return self.batch_discount > 0 and batchable(request)
+
+    def answer_cost(self, request: ChatRequest, c: Completion) -> float:
+        """What the answer `c` to `request` is paid."""
+        return self.cost(c.prompt_tokens, c.completion_tokens, self.batched(request))
 
     def worst_case(self, request: ChatRequest) -> float:
         """An upper estimate of one call (about 4 characters per token; the full max_tokens answer)."""
         chars = sum(len(content) for _, content in request.messages)
-        return self.cost(chars // 4 + 16, request.max_tokens)
+        return self.cost(chars // 4 + 16, request.max_tokens, self.batched(request))
+
+    def as_dict(self) -> dict[str, float]:
+        """Per million tokens, with the batch discount when there is one."""
+        out = {"input": self.input, "output": self.output}
+        return {**out, "batch_discount": self.batch_discount} if self.batch_discount else out
 
 
 class BudgetExceeded(TreesynthError):
@@ -193,7 +210,7 @@ class LLM:
         cost = 0.0
         try:
             c = await self.backend.complete(req)
-            cost = self.price.cost(c.prompt_tokens, c.completion_tokens)
+            cost = self.price.answer_cost(req, c)
         except LLMError as e:
             return Completion(text="", finish_reason="error", error=str(e))
         finally:
@@ -238,16 +255,14 @@ class LLM:
         finally:
             bar.close()
 
-    def generate_sync(self, requests: Sequence[ChatRequest], desc: str | None = None) -> list[Completion]:
-        return asyncio.run(self.generate(requests, desc))
-
     async def aclose(self) -> None:
         await self.backend.aclose()
 
 
 def price_of(llm_cfg: Any) -> Price:
     """The model's price: `runtime.price.input/output` when set, else the config's `runtime.prices` table
-    entry for the model (longest matching prefix, so dated snapshots match), else free (local models)."""
+    entry for the model (longest matching prefix, so dated snapshots match), else free (local models).
+    In batch mode (`runtime.mode=batch`) with the Batch API's discount, `runtime.batch.discount`."""
     runtime = (llm_cfg.get("runtime") if hasattr(llm_cfg, "get") else None) or {}
     explicit = runtime.get("price") or {}
     table = runtime.get("prices") or {}
@@ -264,6 +279,13 @@ def price_of(llm_cfg: Any) -> Price:
             raise TreesynthError(f"llm.runtime.price.{side} must be a number ($ per million tokens), got {value!r}") from None
         if values[side] < 0:
             raise TreesynthError(f"llm.runtime.price.{side} must be >= 0, got {values[side]}")
+    discount = (runtime.get("batch") or {}).get("discount", 0.0) if runtime.get("mode") == "batch" else 0.0
+    try:
+        values["batch_discount"] = float(discount)
+    except (TypeError, ValueError):
+        raise TreesynthError(f"llm.runtime.batch.discount must be a fraction in [0, 1), got {discount!r}") from None
+    if not 0 <= values["batch_discount"] < 1:
+        raise TreesynthError(f"llm.runtime.batch.discount must be in [0, 1), got {discount}")
     return Price(**values)
 
 

@@ -5,7 +5,7 @@ n returns the same records first and only generates the missing ones. The shared
 (treesynth/synthesize.py) asks for more positions when the teacher or hygiene drops records, so every
 method gets exact sizing, the teacher step, hygiene and resume for free.
 
-A method checkpoints whatever it generates in `env.work_dir` (append-only logs via `Checkpoint`), so a
+A method checkpoints whatever it generates in `env.work_dir` (append-only logs: treesynth/io.py `Checkpoint`), so a
 killed run resumes without losing or duplicating records; every LLM request carries a seed from
 `derive_seed(env.seed, <what it is for>, ...)`, so reruns hit the request cache.
 """
@@ -15,14 +15,14 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from omegaconf import DictConfig
 
-from treesynth.io import JsonlAppender, encode_line, iter_jsonl
+from treesynth.io import Checkpoint, JsonlAppender, encode_line  # noqa: F401  (Checkpoint: re-exported for the methods)
 from treesynth.llm import LLM
 from treesynth.tasks import TaskSpec
 
@@ -73,27 +73,6 @@ class Method(ABC):
         """Called once with the final data.jsonl records (an iterable read from disk, in order): write
         method artifacts (tree.json, ...) and return metrics for the stage summary."""
         return {}
-
-
-class Checkpoint:
-    """An append-only event log in the work dir: `rows()` replays what a killed run already wrote."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._appender: JsonlAppender | None = None
-
-    def rows(self) -> Iterator[dict]:
-        return iter_jsonl(self.path) if self.path.exists() else iter(())
-
-    def append(self, row: dict) -> None:
-        if self._appender is None:
-            self._appender = JsonlAppender(self.path)
-        self._appender.append(row)
-
-    def close(self) -> None:
-        if self._appender is not None:
-            self._appender.close()
-            self._appender = None
 
 
 class KeyedLog:

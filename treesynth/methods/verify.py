@@ -16,7 +16,6 @@ per record id in `verify.jsonl` (and the LLM calls cached), so each record is ve
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import re
 from collections import Counter
 from pathlib import Path
@@ -24,10 +23,11 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from evaluation import sandbox
 from treesynth import answers
 from treesynth.benchmarks import Benchmark, benchmark
+from treesynth.io import Checkpoint
 from treesynth.llm import LLM, ChatRequest, derive_seed
-from treesynth.methods.base import Checkpoint
 from treesynth.prompts import render
 from treesynth.settings import Verify as VerifySettings
 from treesynth.settings import load
@@ -109,7 +109,7 @@ class Verifier:
             counts[next((k for k in counts if self._same(k, v)), v)] += 1
         return counts
 
-    async def execute(self, r: dict, sandbox: Any) -> dict:
+    async def execute(self, r: dict) -> dict:
         code = code_of(r["completion"])
         if code is None:
             return {"id": r["id"], "ok": False, "reason": "no_code"}
@@ -133,15 +133,11 @@ class Verifier:
         counts: dict[str, Any] = {"verify_kind": self.kind}
         if self.kind is None:
             return records, {**counts, "verify_skipped": len(records)}
-        sandbox = None
         if self.kind == "execute":
-            if importlib.util.find_spec("evaluation.sandbox") is None:
-                return records, {**counts, "verify_unavailable": "evaluation/sandbox.py is missing"}
-            sandbox = importlib.import_module("evaluation.sandbox")
             sandbox.require_sandbox(self.sandbox_mode)  # one line on what to install, before any record runs
         todo = [r for r in records if r["id"] not in self.done]
         try:
-            check = self.self_consistency if self.kind == "self_consistency" else (lambda r: self.execute(r, sandbox))
+            check = self.self_consistency if self.kind == "self_consistency" else self.execute
             for row in await asyncio.gather(*(check(r) for r in todo)):
                 self.done[row["id"]] = row
                 self.log.append(row)

@@ -197,7 +197,7 @@ class ScriptedLLM(LLM):
 
 
 LLMGroup = Annotated[LLM, OptionBy("backend", {"embedded": EmbeddedLLM, "openai": OpenAILLM, "vllm": VLLMLLM,
-                                               "scripted": ScriptedLLM})]
+                                               "treesynth.testing.scripted:ScriptedBackend": ScriptedLLM})]
 
 
 # ---- method (conf/method/*.yaml), picked by method.name ---------------------------------------------------

@@ -4,7 +4,7 @@
         python run.py llm=openai llm.model=capable llm.api_key_env=null 'llm.runtime.base_urls=[...]'
 
 It is the test double of the `open` profile (treesynth/profiles/open.yaml): where the stub server
-(treesynth/llm/stub_server.py) returns minimal schema instances, this one writes realistic content:
+(treesynth/testing/stub_server.py) returns minimal schema instances, this one writes realistic content:
 problems of 200 to 1,500 characters with Unicode (é ’ — × °), LaTeX ($\\frac{3}{4}$, \\sqrt{2}), `$`
 amounts, quotes and newlines; Python code with indentation; valid one-call criterion answers
 (every pivot in exactly one of 2-4 disjoint values, an unused dimension) and coverage answers; long
@@ -25,7 +25,7 @@ import random
 import re
 from typing import Any
 
-from treesynth.llm.stub_server import StubServer
+from treesynth.testing.stub_server import StubServer
 
 NAMES = ["Amélie", "José", "Zoë", "Chloé", "Mateo", "Priya", "Søren", "Anaïs", "Kwame", "Ngozi", "Björn", "Léa"]
 PLACES = ["the café on Rue Saint-Honoré", "a farmers’ market", "the school’s science fair", "a bakery in Kraków",

@@ -25,8 +25,8 @@ import logging
 import math
 from pathlib import Path
 
+from treesynth.io import Checkpoint
 from treesynth.llm import LLM, ChatRequest, Completion, derive_seed, online_requests
-from treesynth.methods.base import Checkpoint
 from treesynth.progress import Progress
 from treesynth.prompts import render
 from treesynth.tasks import TaskSpec, format_attributes
