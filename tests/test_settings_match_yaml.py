@@ -4,8 +4,9 @@ YAML holds (no fallback of its own)."""
 
 from __future__ import annotations
 
+import inspect
 import re
-from dataclasses import asdict, fields
+from dataclasses import MISSING, asdict, fields, is_dataclass
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from omegaconf import OmegaConf
 
 from treesynth.errors import TreesynthError
 from treesynth.profiles import profile_for
-from treesynth.settings import Hygiene, Settings, TreeShape, check_settings, load, stray_keys
+from treesynth.settings import Hygiene, Settings, TreeShape, check_settings, load, schema, stray_keys
 from treesynth.tree.config import TreeConfig
 
 GROUPS = ("task", "method", "llm", "model", "train", "eval", "experiment")
@@ -40,6 +41,13 @@ def test_every_option_sets_exactly_the_declared_keys(tmp_path, overrides):
     cfg = _composed(overrides, tmp_path)
     assert stray_keys(cfg, Settings) == []  # no value the dataclasses do not declare (read by no code)
     assert check_settings(cfg) == []  # every declared field set, of its type and range (no default in code)
+
+
+def test_the_dataclasses_hold_no_values():
+    classes = [c for _, c in inspect.getmembers(schema, inspect.isclass) if is_dataclass(c) and c is not schema.OptionBy]
+    assert len(classes) > 30
+    for cls in [*classes, TreeConfig]:
+        assert [f.name for f in fields(cls) if f.default is not MISSING or f.default_factory is not MISSING] == [], cls
 
 
 def test_a_stray_key_and_a_missing_key_are_found(tmp_path):

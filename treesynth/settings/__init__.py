@@ -18,7 +18,7 @@ second place for values. Here the YAML is the only place, and tests/test_setting
 two in step: every key an option sets is declared, every declared field is set by every option.
 """
 
-from treesynth.settings.check import check_settings, load, node_problems, stray_keys
+from treesynth.settings.check import check_settings, load, stray_keys
 from treesynth.settings.schema import (
     Data,
     Diversity,
@@ -43,5 +43,5 @@ from treesynth.settings.schema import (
 
 __all__ = ["Data", "Diversity", "Eval", "EvolInstructMethod", "Hygiene", "LLMGroup", "LLMRuntime", "MethodGroup",
            "PersonaHubMethod", "ProgressSettings", "Settings", "TemperatureMethod", "Train", "TrainGroup",
-           "TreeShape", "Verify", "Wandb", "bound", "check_settings", "load", "node_problems", "one_of",
+           "TreeShape", "Verify", "Wandb", "bound", "check_settings", "load", "one_of",
            "stray_keys"]
