@@ -11,10 +11,10 @@ any heavy import, so a bad value is one line and exit code 2 before a model load
 
 Why not Hydra structured configs (dataclasses in the ConfigStore that the YAML options extend): OmegaConf
 then type-checks at compose time, inside Hydra, whose errors are several lines (the override, the full
-key, the object type, a traceback hint) raised before run.py's code runs; it has no ranges
-(`pivots >= 2`), and a typed int field cannot hold the `${profile:...}` and `${oc.select:...}`
-interpolations the YAML uses until they resolve. Defaults in the ConfigStore schemas would also be a
-second place for values. Here the YAML is the only place, and tests/test_settings_match_yaml.py keeps the
+key, the object type, a hint) raised before run.py's code runs; it has no ranges (`pivots >= 2`); and the
+values that come through `${profile:...}` and `${oc.select:...}` interpolations are only checked when
+they are first read, deep inside a stage. Defaults in the ConfigStore schemas would also be a second
+place for values. Here the YAML is the only place, and tests/test_settings_match_yaml.py keeps the
 two in step: every key an option sets is declared, every declared field is set by every option.
 """
 

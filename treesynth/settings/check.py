@@ -53,6 +53,7 @@ def stray_keys(node: Any, tp: Any, prefix: str = "") -> list[str]:
 
 
 def node_problems(node: DictConfig, cls: type, prefix: str) -> list[str]:
+    """One line per problem of `node` against `cls` (keys named `prefix` + field)."""
     hints = get_type_hints(cls, include_extras=True)
     problems, missing = [], [f.name for f in fields(cls) if f.name not in node.keys()]  # (`in` is false for ???)
     if len(missing) == 1:
