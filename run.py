@@ -6,10 +6,12 @@ is keyed by the config it depends on, so reruns and sweeps reuse what already ex
 
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
@@ -37,5 +39,24 @@ def main(cfg: DictConfig) -> dict | None:
     return summary
 
 
+def one_line(e: HydraException) -> str:
+    """Hydra's error (an unknown key, a bad override, an option that does not exist) as one line: its
+    message lines joined, without the indented detail lines (full_key, object_type)."""
+    text = str(e).split("\nConfig search path:")[0]  # (where Hydra looked: noise next to the options listed)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("    ")]
+    if override := getattr(e, "override", None):  # a parse error: say which argument
+        lines.insert(0, f"{override}:")
+    if e.__cause__ is not None and str(e.__cause__).strip():
+        lines.append(f"({str(e.__cause__).splitlines()[0].strip()})")
+    return " ".join(lines)
+
+
 if __name__ == "__main__":
-    main()
+    # Hydra re-raises its errors instead of printing several lines and exiting 1: they become one line
+    # and exit code 2 like ours (`llm.runtime.max_concurrency=0` where the backend has no such key).
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except HydraException as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)

@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runnable from a checkout without install
 
 import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 from treesynth.llm.base import ChatRequest  # noqa: E402
 from treesynth.llm.embedded import EmbeddedBackend  # noqa: E402
@@ -70,7 +71,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--schema", action="store_true", help="ours with a JSON schema (xgrammar masks); the reference has none")
     a = ap.parse_args()
-    backend = EmbeddedBackend({"model": "embedded", "runtime": {"batch_size": a.batch, "device": "cpu"}})
+    shipped = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "llm" / "embedded.yaml").runtime)
+    backend = EmbeddedBackend({"model": "embedded", "runtime": {**shipped, "batch_size": a.batch, "device": "cpu"}})
     reqs = requests(a.batch, a.max_tokens, a.schema)
     torch.manual_seed(0)
     ours(backend, reqs[:2])  # warm-up: load, compile the grammar, first-call allocations

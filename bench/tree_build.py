@@ -37,13 +37,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runnable from a checkout without install
 
-from omegaconf import OmegaConf  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
 from treesynth.llm import build_llm  # noqa: E402
-from treesynth.tasks import load_task  # noqa: E402
+from treesynth.profiles import profile_for  # noqa: E402
+from treesynth.tasks import task_of  # noqa: E402
 from treesynth.testing.scripted import WORDS  # noqa: E402
 from treesynth.testing.stub_server import StubServer  # noqa: E402
-from treesynth.tree.builder import TreeBuilder, TreeConfig  # noqa: E402
+from treesynth.tree.builder import TreeBuilder  # noqa: E402
+from treesynth.tree.config import TreeConfig  # noqa: E402
 from treesynth.tree.node import Node, Tree  # noqa: E402
 
 
@@ -124,13 +127,20 @@ class Script:
         return None  # pivots, assignments: the stub's schema-valid default drawn from the request
 
 
+def run_config(a: argparse.Namespace) -> DictConfig:
+    """The real config (task=gsm8k, method=treesynth under an openai generator's profile), with the
+    bench's tree shape on top."""
+    shape = {"max_depth": a.depth, "pivots": a.pivots, "max_children": a.branch, "proposal_values": a.branch,
+             "coverage_rounds": 1, "criterion_mode": "stepwise", "max_nodes": 100_000, "max_calls": 1_000_000}
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        cfg = compose("config", overrides=["task=gsm8k", "method=treesynth", "llm=openai",
+                                           *(f"method.{k}={v}" for k, v in shape.items())])
+    profile_for(cfg)  # registers the ${profile:...} resolver the method's values go through
+    return cfg
+
+
 def tree_config(a: argparse.Namespace) -> TreeConfig:
-    # The method's real defaults (conf/method/treesynth.yaml), with the bench's shape on top.
-    cfg = OmegaConf.merge(OmegaConf.load(REPO / "conf/method/treesynth.yaml"), {
-        "max_depth": a.depth, "pivots": a.pivots, "max_children": a.branch, "proposal_values": a.branch,
-        "coverage_rounds": 1, "criterion_mode": "stepwise", "max_nodes": 100_000, "max_calls": 1_000_000,
-    })
-    return TreeConfig.from_cfg(cfg)
+    return TreeConfig.from_cfg(run_config(a).method)
 
 
 async def build(
@@ -140,7 +150,7 @@ async def build(
     llm_cfg = {"backend": "openai", "model": "stub-model", "api_key_env": None,
                "runtime": {"base_urls": [url], "max_concurrency": a.slots, "max_retries": 0, "timeout_s": 60}}
     llm = build_llm(llm_cfg)  # no cache_dir: every request reaches the server
-    task = load_task(OmegaConf.load(REPO / "conf/task/gsm8k.yaml"))
+    task = task_of(run_config(a))
     try:
         await llm.backend.health_check()
         builder = cls(llm, task, tree_config(a), a.seed, work)

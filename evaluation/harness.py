@@ -14,7 +14,7 @@ from typing import Any
 
 from evaluation.plans import BenchmarkPlan, plan_benchmark, write_task_yamls
 from evaluation.progress import counted_model
-from evaluation.sandbox import DEFAULT_SANDBOX, require_sandbox
+from evaluation.sandbox import require_sandbox
 from treesynth.errors import TreesynthError
 from treesynth.io import write_jsonl
 
@@ -87,7 +87,7 @@ def run_eval(eval_cfg: Any, benchmarks: list[str], model_path: str, adapter: str
     model, model_args = (lm, None) if lm is not None else model_spec(
         eval_cfg.backend, model_path, adapter, eval_cfg.dtype, eval_cfg.runtime.device)
     code = any(p.code for p in plans)
-    sandbox = str(eval_cfg.get("sandbox", DEFAULT_SANDBOX))
+    sandbox = str(eval_cfg.sandbox)
     if code:
         require_sandbox(sandbox)  # no isolation, no code evaluation (unless guard_only was chosen)
         if sandbox == "guard_only":

@@ -25,7 +25,7 @@ def _benchmarks(cfg: DictConfig) -> list[str]:
 def key_inputs(cfg: DictConfig) -> dict:
     """Part of the artifact key: the benchmarks' local files by content (None: from the hub) and each
     benchmark's registry entry (a user benchmark: its YAML and its own test file by content)."""
-    data_dir = OmegaConf.select(cfg, "data.dir", default=None)
+    data_dir = cfg.data.dir
     return {"data": local_data_digest(_benchmarks(cfg), data_dir),
             "benchmarks": benchmark_digests(_benchmarks(cfg), data_dir),
             "answer_format": _answer_format(cfg)}
@@ -42,7 +42,7 @@ def _answer_format(cfg: DictConfig) -> str | None:
 def _evaluate(ctx: StageContext, model_path: str, adapter: str | None) -> dict:
     cfg = ctx.cfg
     configure_progress(cfg)
-    data_dir = OmegaConf.select(cfg, "data.dir", default=None)
+    data_dir = cfg.data.dir
     result = run_eval(cfg.eval, _benchmarks(cfg), model_path, adapter, data_dir, ctx.dir,
                       answer_format=OmegaConf.select(cfg, "task.answer.format", default=None), stage=ctx.stage)
     atomic_write_json(ctx.dir / EVAL_FILE, result)

@@ -198,3 +198,5 @@ def test_build_llm_cache_hit_skips_the_backend(tmp_path):
 def test_unknown_runtime_key_is_a_one_line_error():
     with pytest.raises(TreesynthError, match="unknown llm.runtime keys \\['batchsize'\\]"):
         build_backend({**LLM_CFG, "runtime": {"batchsize": 4}})
+    with pytest.raises(TreesynthError, match="^llm.runtime is missing device, max_wait_ms for backend 'embedded' "):
+        build_backend({**LLM_CFG, "runtime": {"batch_size": 4}})  # the values live in conf/llm/embedded.yaml only

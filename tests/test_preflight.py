@@ -1,4 +1,4 @@
-"""Fail fast on bad input (treesynth/preflight.py, treesynth/settings.py) and write failures that leave no
+"""Fail fast on bad input (treesynth/preflight.py, treesynth/settings/) and write failures that leave no
 artifact a rerun would take as finished (treesynth/io.py, treesynth/pipeline.py).
 
 run.py is run as a subprocess for a few bad inputs (exit code 2, one line on stderr naming the key, in
@@ -51,6 +51,13 @@ def run_py(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, flo
 @pytest.mark.parametrize(("args", "line"), [
     (["data.size=abc"], "error: data.size must be an integer, got 'abc'"),
     (["seed=abc"], "error: seed must be an integer, got 'abc'"),
+    (["method.pivots=-1"], "error: method.pivots must be >= 2, got -1"),
+    (["eval.limit=x"], "error: eval.limit must be an integer or null, got 'x'"),
+    (["llm=openai", "llm.runtime.max_concurrency=0"], "error: llm.runtime.max_concurrency must be >= 1, got 0"),
+    # Hydra's own errors, one line too: a key the option does not have, an option that does not exist
+    (["llm.runtime.max_concurrency=0"], "error: Could not override 'llm.runtime.max_concurrency'. To append to "
+     "your config use +llm.runtime.max_concurrency=0 (Key 'max_concurrency' is not in struct)"),
+    (["llm=nope"], "error: In 'config': Could not find 'llm/nope' Available options in 'llm': embedded openai"),
     (["data.dir=/no/such/dir"], "error: data.dir=/no/such/dir is not a directory"),
     (["method=evol_instruct", "method.seed_file=BAD"], "error: method.seed_file=BAD line 2: not valid JSON"),
 ])
@@ -99,12 +106,17 @@ def test_preflight_imports_nothing_heavy(tmp_path):
     (["data.verify.k=0"], "data.verify.k must be >= 1, got 0"),
     (["eval.runtime.batch_size=many"], "eval.runtime.batch_size must be an integer or auto, got 'many'"),
     (["wandb.mode=on"], "wandb.mode must be one of offline, online, disabled, got 'on'"),
+    (["eval.math_split=math5000"], "eval.math_split must be one of test, math500, got 'math5000'"),  # the registry's
+    (["eval.sandbox=docker"], "eval.sandbox must be one of bwrap, guard_only, got 'docker'"),
+    (["progress.every_s=0"], "progress.every_s must be > 0, got 0"),
+    (["data.runtime.chunk=0"], "data.runtime.chunk must be >= 1, got 0"),
     (["stages=synthesize"], "stages must be a list of strings, got 'synthesize'"),
     (["method=evol_instruct", "method.copy_threshold=2"], "method.copy_threshold must be in (0, 1], got 2"),
     (["method=persona_hub", "method.pool_size=0"], "method.pool_size must be >= 1, got 0"),
     (["method.temperatures.pivot=-1"], "method.temperatures.pivot must be >= 0, got -1"),
-    (["teacher={backend: \"treesynth.testing.scripted:ScriptedBackend\", model: s, free_text: x, runtime: {delay_s: -1}}"],
-     "teacher.runtime.delay_s must be >= 0, got -1"),
+    (["+llm@teacher=scripted", "teacher.runtime.delay_s=-1"], "teacher.runtime.delay_s must be >= 0, got -1"),
+    (["teacher={backend: embedded, model: s}"], "teacher is missing profile, profile_overrides, runtime "
+     "(set +teacher.KEY=... or add them to the option's YAML)"),  # a whole LLM option: +llm@teacher=embedded
     (["method=treesynth_balance"], "method.source is required (set method.source=... on the command line)"),
     (["train.max_steps=${nope}"], "train.max_steps: Interpolation key 'nope' not found"),
 ])

@@ -4,23 +4,22 @@ dimensions, caps, resume of the event log."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest import compose_config
 
 from treesynth.llm import LLM
+from treesynth.profiles import profile_for
 from treesynth.tasks import task_of
 from treesynth.testing.scripted import ScriptedBackend, by_title
-from treesynth.tree.builder import (
-    CriterionError,
-    TreeBuilder,
-    TreeConfig,
-    clean_values,
-    dimension_problem,
-    validate_one_call,
-)
+from treesynth.tree.builder import TreeBuilder
+from treesynth.tree.config import TreeConfig
+from treesynth.tree.criterion import CriterionError, clean_values, dimension_problem, validate_one_call
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +27,18 @@ def gsm8k(tmp_path_factory):
     return task_of(compose_config(["task=gsm8k", "llm=scripted"], tmp_path_factory.mktemp("cfg")))
 
 
+@functools.cache
+def shipped() -> TreeConfig:
+    """method=treesynth's settings as shipped (the constrained profile of the scripted backend)."""
+    cfg = compose_config(["method=treesynth", "llm=scripted"], Path(tempfile.gettempdir()))
+    profile_for(cfg)
+    return TreeConfig.from_cfg(cfg.method)
+
+
 def build(task, tmp_path: Path, handlers: dict, **tcfg) -> tuple:
+    """A tree under the shipped settings with a small shape on top (and the test's own `tcfg`)."""
     backend = ScriptedBackend(responder=by_title(handlers))
-    cfg = TreeConfig(**{"pivots": 3, "max_depth": 2, "samples_per_call": 1, "coverage_rounds": 0, **tcfg})
+    cfg = replace(shipped(), **{"pivots": 3, "max_depth": 2, "samples_per_call": 1, "coverage_rounds": 0, **tcfg})
     tree = asyncio.run(TreeBuilder(LLM(backend), task, cfg, seed=0, work_dir=tmp_path).build())
     return tree, backend
 

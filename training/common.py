@@ -26,6 +26,8 @@ from treesynth.io import JsonlAppender, atomic_write_json, iter_jsonl, write_jso
 from treesynth.models import resolve_model_path
 from treesynth.progress import Progress
 from treesynth.progress import configure as configure_progress
+from treesynth.settings import Train as TrainSettings
+from treesynth.settings import load
 
 log = logging.getLogger("treesynth")
 
@@ -100,38 +102,36 @@ def sft_config(train: DictConfig, out_dir: Path, seed: int, prec: str, model_dty
     """TRL SFTConfig from `cfg.train`. report_to=none: W&B goes through ctx.tracker, one run per experiment."""
     from trl import SFTConfig
 
-    rt = train.get("runtime", {})
-    if int(train.per_device_batch_size) < 1 or int(train.grad_accum) < 1:
-        raise TreesynthError("train.per_device_batch_size and train.grad_accum must be >= 1")
-    if int(train.max_steps) <= 0 and float(train.epochs) <= 0:
+    t = load(train, TrainSettings, "train")  # bad types and ranges are one line naming the key
+    if t.max_steps <= 0 and t.epochs <= 0:
         raise TreesynthError("set train.epochs > 0 or train.max_steps > 0")
-    gc = gradient_checkpointing(rt.get("gradient_checkpointing", "auto"))
+    gc = gradient_checkpointing(t.runtime.gradient_checkpointing)
     return SFTConfig(
         output_dir=str(out_dir / CHECKPOINTS),
         seed=int(seed),
-        num_train_epochs=float(train.epochs),
-        max_steps=int(train.max_steps),
-        learning_rate=float(train.lr),
-        lr_scheduler_type=str(train.lr_scheduler),
-        warmup_steps=float(train.warmup_ratio),  # transformers 5: a float < 1 is a ratio of total steps
-        weight_decay=float(train.get("weight_decay", 0.0)),
-        per_device_train_batch_size=int(train.per_device_batch_size),
-        gradient_accumulation_steps=int(train.grad_accum),
-        max_length=int(train.max_seq_len),
-        packing=bool(train.packing),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        learning_rate=t.lr,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a float < 1 is a ratio of total steps
+        weight_decay=t.weight_decay,
+        per_device_train_batch_size=t.per_device_batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        max_length=t.max_seq_len,
+        packing=t.packing,
         completion_only_loss=True,
         bf16=prec == "bf16",
         fp16=prec == "fp16",
         activation_checkpointing=gc,  # transformers 5 name; overrides TRL's gradient_checkpointing=True default
         activation_checkpointing_kwargs={"use_reentrant": False} if gc else None,
         model_init_kwargs={"dtype": model_dtype} if model_dtype is not None else None,
-        logging_steps=int(rt.get("logging_steps", 1)),
-        dataloader_num_workers=int(rt.get("dataloader_workers", 0)),
+        logging_steps=t.runtime.logging_steps,
+        dataloader_num_workers=t.runtime.dataloader_workers,
         dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),
         ddp_find_unused_parameters=False,  # every trainable weight gets a gradient; the search costs a pass  # lets several CPU processes train as one (gloo DDP)
         save_strategy="steps",
-        save_steps=int(rt.get("save_steps", 200)),
+        save_steps=t.runtime.save_steps,
         save_total_limit=1,
         report_to="none",
         disable_tqdm=True,
@@ -207,7 +207,7 @@ def build_trainer(ctx, peft_config: Any = None, model_dtype: torch.dtype | None 
     cfg, out = ctx.cfg, Path(ctx.dir)
     rows = load_records(Path(ctx.inputs["synthesize"]) / DATA_FILE)
     model_path = resolve_model_path(str(cfg.model.path))
-    prec = precision(cfg.train.get("runtime", {}).get("precision", "auto"))
+    prec = precision(str(cfg.train.runtime.precision))
     args = sft_config(cfg.train, out, int(cfg.seed), prec, model_dtype)
 
     last = get_last_checkpoint(str(out / CHECKPOINTS)) if (out / CHECKPOINTS).is_dir() else None

@@ -32,7 +32,7 @@ def lora_config(cfg: DictConfig):
 
 def run(ctx) -> dict:
     # The frozen base can sit in half precision on GPU (half the memory); adapters stay fp32 (PEFT upcasts).
-    prec = precision(ctx.cfg.train.get("runtime", {}).get("precision", "auto"))
+    prec = precision(str(ctx.cfg.train.runtime.precision))
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec, torch.float32)
     trainer, metrics = train(ctx, "lora", peft_config=lora_config(ctx.cfg), model_dtype=dtype)
     save_output(trainer, Path(ctx.dir), OUTPUT)

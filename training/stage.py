@@ -12,4 +12,4 @@ MODES = Registry("training mode", "train=...", {"lora": "training.lora:run", "fu
 
 
 def run(ctx: StageContext) -> dict:
-    return MODES.load(str(ctx.cfg.train.get("name", "")))(ctx)
+    return MODES.load(str(ctx.cfg.train.name))(ctx)

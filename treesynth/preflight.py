@@ -1,7 +1,7 @@
 """Fail fast: what run.py checks about its input before any model loads or any request is sent.
 
-`preflight(cfg)` raises one TreesynthError (one line; run.py exits 2) for settings of the wrong type or
-out of range (treesynth/settings.py), a data.dir that is not a folder, a file the method reads (its
+`preflight(cfg)` raises one TreesynthError (one line; run.py exits 2) for settings missing, of the wrong
+type or out of range (treesynth/settings/), a data.dir that is not a folder, a file the method reads (its
 `input_files`: method.file, seed_file, persona_file, source, tree) that is missing, empty or not valid
 JSON / JSONL (file and line named), and an artifacts root that cannot be written. It imports nothing
 heavy, so a mistake costs about a second, not a model load or the hub client's minute of retries.
@@ -32,7 +32,7 @@ def preflight(cfg: DictConfig) -> None:
     if problems:
         raise TreesynthError("; ".join(problems))
     task_of(cfg)  # the task YAML under the generator's and teacher's profiles
-    if (root := data_dir(cfg.data.get("dir"))) is not None:
+    if (root := data_dir(cfg.data.dir)) is not None:
         for path in task_data_files(cfg, root):
             check_input_file(path, f"{path} (under data.dir)")
     from treesynth.methods import method_class  # the registry: one import of the method's module, no model

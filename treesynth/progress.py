@@ -2,7 +2,7 @@
 requests/s, tokens and dollars so far.
 
 On a terminal it is a live tqdm bar; in a log or under a launcher (no TTY) it is one log line every
-`progress.every_s` seconds (default 30), written by a timer thread, so a stage stuck on a slow endpoint
+`progress.every_s` seconds (conf/config.yaml), written by a timer thread, so a stage stuck on a slow endpoint
 still reports. `progress.bar`: auto (bar on a TTY) | always | never. The totals stay in the stage metrics
 (`Progress.totals()`), the lines are only the live view.
 """
@@ -17,29 +17,21 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from omegaconf import DictConfig
+
+from treesynth.settings import ProgressSettings, load
+
 log = logging.getLogger("treesynth")
 
-DEFAULT_EVERY_S = 30.0
-_configured: dict[str, Any] = {"every_s": DEFAULT_EVERY_S, "bar": "auto"}  # set once per stage by configure()
+_configured: ProgressSettings | None = None  # the run's `progress` settings, set once per stage by configure()
 
 
-def settings(cfg: Any) -> tuple[float, str]:
-    """(seconds between log lines, bar mode) from the `progress` config node (absent: the defaults)."""
-    node = cfg.get("progress") if cfg is not None and hasattr(cfg, "get") else None
-    node = node or {}
-    every = float(node.get("every_s", DEFAULT_EVERY_S))
-    bar = str(node.get("bar", "auto"))
-    if every <= 0:
-        from treesynth.errors import TreesynthError
-
-        raise TreesynthError(f"progress.every_s must be > 0, got {every}")
-    return every, bar
-
-
-def configure(cfg: Any) -> None:
+def configure(cfg: DictConfig) -> None:
     """Make the run's `progress` settings the default of every Progress in this process (the stage calls
-    it; code deep inside a stage, e.g. the tree builder, then needs no config)."""
-    _configured["every_s"], _configured["bar"] = settings(cfg)
+    it; code deep inside a stage, e.g. the tree builder, then needs no config). A process that never calls
+    it (a test, a library caller) gets neither a bar nor log lines unless it passes every_s / bar."""
+    global _configured
+    _configured = load(cfg.progress, ProgressSettings, "progress")
 
 
 def _duration(seconds: float) -> str:
@@ -66,8 +58,10 @@ class Progress:
         self.name, self.total, self.unit = name, total, unit
         given = [x for x in llms if x is not None]
         self.llms = [x for i, x in enumerate(given) if all(x is not y for y in given[:i])]  # generator may be teacher
-        self.every_s = float(every_s if every_s is not None else _configured["every_s"])
-        bar = bar if bar is not None else str(_configured["bar"])
+        if every_s is None and _configured is not None:
+            every_s = _configured.every_s
+        self.every_s = every_s  # None: no log lines
+        bar = bar if bar is not None else _configured.bar if _configured is not None else "never"
         self.extra = extra
         self.done = 0
         self.lines = 0
@@ -82,7 +76,7 @@ class Progress:
 
             self._bar = tqdm(total=total, desc=f"[{name}]", unit=unit[:-1] if unit.endswith("s") else unit,
                              dynamic_ncols=True, leave=False)
-        else:
+        elif every_s is not None:
             self._thread = threading.Thread(target=self._tick, name=f"progress-{name}", daemon=True)
             self._thread.start()
 

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from treesynth.datasets import benchmark_digests, file_digest, local_data_digest
 from treesynth.errors import TreesynthError
@@ -47,6 +47,7 @@ from treesynth.profiles import used_profiles
 from treesynth.progress import Progress
 from treesynth.progress import configure as configure_progress
 from treesynth.respond import respond, response_log
+from treesynth.settings import LLMRuntime, load
 from treesynth.stage_context import StageContext
 from treesynth.tasks import TaskSpec, task_of
 
@@ -54,7 +55,6 @@ log = logging.getLogger("treesynth")
 
 # A run that needs more than this many prompts per record has a generator/teacher problem, not bad luck.
 MAX_POSITIONS_PER_RECORD = 20
-CHUNK = 4096  # stream positions per chunk (data.runtime.chunk): bounds what is held and generated ahead
 COST_FILE = "cost.json"  # what the runs of this artifact spent, for llm.runtime.budget_usd
 
 
@@ -72,7 +72,7 @@ async def apply_hygiene(prompts: list[PromptRecord], hygiene: Hygiene) -> list[P
 
 async def apply_verify(records: list[dict], teacher: LLM, env: MethodEnv, cfg: DictConfig) -> tuple[list[dict], dict]:
     """Answer verification (data.verify, off by default)."""
-    if not OmegaConf.select(cfg, "data.verify.enabled", default=False):
+    if not cfg.data.verify.enabled:
         return records, {}
     return await verify_records(records, teacher, env.task, cfg, env.work_dir)
 
@@ -91,11 +91,11 @@ def key_inputs(cfg: DictConfig) -> dict[str, Any]:
         value = cfg.method.get(name)
         if value and Path(str(value)).is_file():
             files[name] = file_digest(str(value))
-    decontaminates = OmegaConf.select(cfg, "data.hygiene.decontaminate", default=False)
-    return {"data": local_data_digest(folders, cfg.data.get("dir")), "method_files": files,
+    decontaminates = cfg.data.hygiene.decontaminate
+    return {"data": local_data_digest(folders, cfg.data.dir), "method_files": files,
             "profiles": used_profiles(cfg),
             # decontamination reads the benchmarks: their registry entries and a user benchmark's own file
-            "benchmarks": benchmark_digests(task.get("benchmarks") or [], cfg.data.get("dir")) if decontaminates else {}}
+            "benchmarks": benchmark_digests(task.get("benchmarks") or [], cfg.data.dir) if decontaminates else {}}
 
 
 def describe_profiles(task: TaskSpec) -> str:
@@ -179,14 +179,7 @@ def run(ctx: StageContext) -> dict:
 
 def budget_of(cfg: DictConfig, out: Path) -> Budget:
     """The run's budget (llm.runtime.budget_usd; null: none) with what earlier runs of this artifact spent."""
-    limit = OmegaConf.select(cfg, "llm.runtime.budget_usd", default=None)
-    if limit is not None:
-        try:
-            limit = float(limit)
-        except (TypeError, ValueError):
-            raise TreesynthError(f"llm.runtime.budget_usd must be a number of dollars, got {limit!r}") from None
-        if limit < 0:
-            raise TreesynthError(f"llm.runtime.budget_usd must be >= 0, got {limit}")
+    limit = load(cfg.llm.runtime, LLMRuntime, "llm.runtime").budget_usd
     spent = 0.0
     if (out / COST_FILE).exists():
         spent = float(json.loads((out / COST_FILE).read_text(encoding="utf-8")).get("spent_usd", 0.0))
@@ -203,7 +196,7 @@ async def synthesize(cfg: DictConfig, out: Path) -> dict[str, Any]:
     if size < 1:
         raise TreesynthError(f"data.size must be >= 1, got {size}")
     cls = method_class(str(cfg.method.name))
-    if cfg.method.get("plan_only", False):
+    if cfg.method.plan_only:
         return _plan(cls, cfg, task, size, out)
 
     log.info("[synthesize] %s", describe_profiles(task))
@@ -270,7 +263,7 @@ async def _fill(method: Method, teacher: LLM, cfg: DictConfig, size: int, data_p
     responses = response_log(env.work_dir / "responses.jsonl")
     hygiene = Hygiene(cfg)
     extra_meta = {"seed": env.seed, "generator": env.llm.model, "teacher": teacher.model}
-    chunk_max = int(OmegaConf.select(cfg, "data.runtime.chunk", default=CHUNK))
+    chunk_max = int(cfg.data.runtime.chunk)
     max_positions = MAX_POSITIONS_PER_RECORD * size
     kept = tried = asked = failed = attempts = final_lines = 0
     verification: Counter = Counter()

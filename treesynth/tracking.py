@@ -30,6 +30,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from treesynth.io import iter_jsonl
+from treesynth.settings import Wandb, load
 from treesynth.stage_context import DONE_FILE
 
 log = logging.getLogger("treesynth")
@@ -80,20 +81,17 @@ class Tracker:
     def __init__(self, cfg: DictConfig, config: dict[str, Any]):
         self.cfg = cfg
         self.run = None
-        self.data_size = _number(cfg.get("data", {}).get("size"))
-        wb = cfg.get("wandb", {})
-        mode = str(wb.get("mode", "offline"))
+        self.data_size = _number(cfg.data.size)
+        wb = load(cfg.wandb, Wandb, "wandb")
+        mode = wb.mode
         if mode == "disabled":
             return
-        if mode not in ("online", "offline"):
-            log.warning("wandb.mode=%s is not offline|online|disabled: logging offline", mode)
-            mode = "offline"
         hydra_group, hydra_name = hydra_group_and_name()
         kwargs = dict(
-            project=wb.get("project", "treesynth"),
-            group=wb.get("group") or hydra_group,
-            name=wb.get("name") or hydra_name,
-            dir=str(Path(wb.get("dir") or ".").expanduser()),
+            project=wb.project,
+            group=wb.group or hydra_group,
+            name=wb.name or hydra_name,
+            dir=str(Path(wb.dir).expanduser()),
             config=config,
         )
         if mode == "online" and not _has_api_key():

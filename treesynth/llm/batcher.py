@@ -97,11 +97,15 @@ class MicroBatcher(Generic[T, R]):
 
 
 def parse_runtime(cls: type[D], llm_cfg: dict) -> D:
-    """`llm.runtime` as the backend's runtime dataclass (the LLM layer's keys left out); unknown keys are a
-    one-line error."""
+    """`llm.runtime` as the backend's runtime dataclass (the LLM layer's keys left out): every field from
+    the config (conf/llm/<backend>.yaml holds the values, never the dataclass); a missing or unknown key is
+    a one-line error."""
     given: dict[str, Any] = {k: v for k, v in (llm_cfg.get("runtime") or {}).items() if k not in LLM_RUNTIME_KEYS}
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise TreesynthError(f"unknown llm.runtime keys {unknown} for backend {llm_cfg.get('backend')!r}; known: {sorted(known)}")
+    backend = llm_cfg.get("backend")
+    if unknown := sorted(set(given) - known):
+        raise TreesynthError(f"unknown llm.runtime keys {unknown} for backend {backend!r}; known: {sorted(known)}")
+    if missing := sorted(known - set(given)):
+        raise TreesynthError(f"llm.runtime is missing {', '.join(missing)} for backend {backend!r} "
+                             f"(conf/llm/{backend}.yaml sets every key)")
     return cls(**given)

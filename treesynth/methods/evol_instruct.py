@@ -29,6 +29,7 @@ from treesynth.methods.base import Checkpoint, Method, MethodEnv, PromptRecord
 from treesynth.methods.hygiene import normalize
 from treesynth.methods.temperature import Temperature, templated_sample_request
 from treesynth.metrics.diversity import shingles
+from treesynth.settings import EvolInstructMethod, load
 
 # The WizardLM in-depth operations; `breadth` is in-breadth evolving (mutation).
 DEPTH_OPERATIONS = {
@@ -73,18 +74,11 @@ class EvolInstruct(Method):
 
     def __init__(self, env: MethodEnv):
         super().__init__(env)
-        cfg = env.cfg
-        self.rounds = int(cfg.get("rounds", 2))
-        self.pool_size = int(cfg.get("seed_pool", 50))
-        self.temperature = float(cfg.get("temperature", 0.7))
-        self.copy_threshold = float(cfg.get("copy_threshold", 0.9))
-        self.operations = list(cfg.get("operations") or OPERATIONS)
-        unknown = set(self.operations) - set(OPERATIONS)
-        if self.rounds < 1 or self.pool_size < 1 or unknown:
-            raise TreesynthError(f"method: need rounds >= 1, seed_pool >= 1, operations from {list(OPERATIONS)}")
-        self.seed_mode = str(cfg.get("seeds", "auto"))
-        if self.seed_mode not in ("auto", "human", "temperature"):
-            raise TreesynthError(f"method.seeds must be auto, human or temperature, not {self.seed_mode!r}")
+        s = load(env.cfg, EvolInstructMethod, "method")
+        self.rounds, self.pool_size, self.temperature = s.rounds, s.seed_pool, s.temperature
+        self.copy_threshold, self.operations, self.seed_mode = s.copy_threshold, s.operations, s.seeds
+        if unknown := sorted(set(self.operations) - set(OPERATIONS)):
+            raise TreesynthError(f"method.operations: unknown {unknown}; choose from {list(OPERATIONS)}")
         self.seed_source: str | None = None
         self.human_seeds: list[dict[str, str]] | None = None
         self.sampler: SeedSampler | None = None
@@ -97,7 +91,7 @@ class EvolInstruct(Method):
         if not task.human:
             return None
         try:
-            rows = load_human(task.name, task.human, self.env.root_cfg.data.get("dir"), self.env.cfg.get("seed_file"))
+            rows = load_human(task.name, task.human, self.env.root_cfg.data.dir, self.env.cfg.get("seed_file"))
         except DataUnavailable:
             return None
         names = [f.name for f in task.fields]

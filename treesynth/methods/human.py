@@ -88,7 +88,7 @@ class Human(Method):
         task = env.task
         if not task.human:
             raise TreesynthError(f"task {task.name!r} has no real training set; method=human is not available for it")
-        rows = load_human(task.name, task.human, env.root_cfg.data.get("dir"), env.cfg.get("file"))
+        rows = load_human(task.name, task.human, env.root_cfg.data.dir, env.cfg.get("file"))
         if not rows:
             raise TreesynthError(f"the {task.name} training set is empty")
         self.rows = rows

@@ -10,10 +10,12 @@ refills), and what it keeps per record is small: an 8-byte digest of the normali
 signature (uint32 x num_perm) in fixed blocks and the LSH band buckets. `check` runs on the prompt
 BEFORE the teacher is asked (dedup, and decontamination of the configured fields other than the
 completion); `check_completion` applies decontamination to the completion when `fields` names it.
-`filter_records(records, cfg)` is the same over a list. Config: `data.hygiene`.
+`filter_records(records, cfg)` is the same over a list. Config: `data.hygiene` (conf/config.yaml holds the
+values; read through settings.load).
 
 The benchmark n-gram index is built once per process and cached on disk under
-`<paths.artifacts>/.cache/decontam/` keyed by its sources (file path, size, mtime or hub id) and n.
+`<paths.artifacts>/.cache/decontam/` keyed by its sources (a local file's content digest, or the hub id)
+and n.
 A benchmark whose test set cannot be loaded is recorded in the counts (`decontam_unavailable`) and
 skipped, never a failure: offline runs of tasks without local test sets still work.
 """
@@ -33,46 +35,28 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from treesynth.datasets import DataUnavailable, benchmark_sources, load_source, source_fingerprint
-from treesynth.errors import TreesynthError
 from treesynth.io import atomic_write_bytes
 from treesynth.metrics.diversity import shingles
+from treesynth.settings import Hygiene as HygieneSettings
+from treesynth.settings import load
 
 log = logging.getLogger("treesynth")
 
-DEFAULTS: dict[str, Any] = {
-    "enabled": True,
-    "dedup": True,
-    "near_dup_threshold": 0.85,
-    "decontaminate": True,
-    "ngram": 13,
-    "fields": ["prompt"],  # record fields compared with the benchmark questions
-}
 _WORD = re.compile(r"\w+")
 _INDEX: dict[str, set[int]] = {}  # per-process cache: index key -> n-gram hashes
 _UNAVAILABLE: dict[str, str] = {}  # per-process: index key -> why (no hub retry on every refill round)
-
-
-def settings(cfg: DictConfig) -> dict[str, Any]:
-    raw = OmegaConf.select(cfg, "data.hygiene", default=None)
-    h = {**DEFAULTS, **(OmegaConf.to_container(raw, resolve=True) if raw is not None else {})}
-    if not 0.0 < float(h["near_dup_threshold"]) <= 1.0:
-        raise TreesynthError(f"data.hygiene.near_dup_threshold must be in (0, 1], got {h['near_dup_threshold']}")
-    if int(h["ngram"]) < 1:
-        raise TreesynthError(f"data.hygiene.ngram must be >= 1, got {h['ngram']}")
-    return h
 
 
 class Hygiene:
     """Streaming dedup + decontamination (see the module docstring); `counts` for the stage metrics."""
 
     def __init__(self, cfg: DictConfig):
-        h = settings(cfg)
-        self.enabled = bool(h["enabled"])
-        self.dedup = NearDupIndex(float(h["near_dup_threshold"])) if self.enabled and h["dedup"] else None
-        self.n = int(h["ngram"])
-        fields = list(h["fields"])
-        self.prompt_fields = [f for f in fields if f != "completion"]
-        self.completion_checked = "completion" in fields
+        h = load(cfg.data.hygiene, HygieneSettings, "data.hygiene")
+        self.enabled = h.enabled
+        self.dedup = NearDupIndex(h.near_dup_threshold) if self.enabled and h.dedup else None
+        self.n = h.ngram
+        self.prompt_fields = [f for f in h.fields if f != "completion"]
+        self.completion_checked = "completion" in h.fields
         self.index: set[int] = set()
         self.counts: dict[str, Any] = {"hygiene_input": 0}
         if not self.enabled:
@@ -80,7 +64,7 @@ class Hygiene:
             return
         if self.dedup is not None:
             self.counts.update(exact_duplicates=0, near_duplicates=0)
-        self.decontaminate = bool(h["decontaminate"])
+        self.decontaminate = h.decontaminate
         if self.decontaminate:
             benchmarks = list(OmegaConf.select(cfg, "task.benchmarks", default=None) or [])
             self.index, loaded, unavailable = benchmark_index(benchmarks, self.n, data_dir_of(cfg), cache_dir_of(cfg))
@@ -127,12 +111,11 @@ def record_text(record: dict, fields: list[str]) -> str:
 
 
 def data_dir_of(cfg: DictConfig) -> str | None:
-    return OmegaConf.select(cfg, "data.dir", default=None)
+    return cfg.data.dir
 
 
-def cache_dir_of(cfg: DictConfig) -> Path | None:
-    root = OmegaConf.select(cfg, "paths.artifacts", default=None)
-    return Path(root) / ".cache" / "decontam" if root else None
+def cache_dir_of(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.artifacts) / ".cache" / "decontam"
 
 
 # ---------------------------------------------------------------- deduplication

@@ -27,6 +27,7 @@ from treesynth.llm import ChatRequest, derive_seed
 from treesynth.methods.base import MethodEnv
 from treesynth.methods.temperature import CallStream, templated_sample_request
 from treesynth.prompts import render
+from treesynth.settings import PersonaHubMethod, load
 from treesynth.tasks import TaskSpec
 
 PERSONA_HUB = Source("persona_hub", None, {"path": "proj-persona/PersonaHub", "name": "persona", "split": "train"})
@@ -54,9 +55,7 @@ class PersonaHub(CallStream):
 
     def __init__(self, env: MethodEnv):
         super().__init__(env)
-        self.pool_size = int(env.cfg.get("pool_size", 200))
-        if self.pool_size < 1:
-            raise TreesynthError("method.pool_size must be >= 1")
+        self.pool_size = load(env.cfg, PersonaHubMethod, "method").pool_size
         self.pool_path = env.work_dir / "personas.json"
         self.source: str | None = None
         self.pool: list[str | None] = []
@@ -102,7 +101,7 @@ class PersonaHub(CallStream):
         texts = [task.description]
         if task.human:
             try:
-                rows = load_human(task.name, task.human, self.env.root_cfg.data.get("dir"))
+                rows = load_human(task.name, task.human, self.env.root_cfg.data.dir)
                 rng = random.Random(derive_seed(self.env.seed, "persona_texts"))
                 picked = rng.sample(rows, min(self.pool_size, len(rows)))
                 texts = [task.build_prompt({f.name: str(r.get(f.name, "")) for f in task.fields}) for r in picked]

@@ -16,10 +16,10 @@ import math
 from abc import abstractmethod
 from typing import Any
 
-from treesynth.errors import TreesynthError
 from treesynth.llm import ChatRequest, derive_seed
 from treesynth.methods.base import KeyedLog, Method, MethodEnv, PromptRecord
 from treesynth.prompts import render
+from treesynth.settings import TemperatureMethod, load
 from treesynth.tasks import TaskSpec
 
 
@@ -39,10 +39,8 @@ class CallStream(Method):
 
     def __init__(self, env: MethodEnv):
         super().__init__(env)
-        self.k = int(env.cfg.get("samples_per_call", 1))
-        if self.k < 1:
-            raise TreesynthError(f"method.samples_per_call must be >= 1, got {self.k}")
-        self.temperature = float(env.cfg.get("temperature", 1.0))
+        s = load(env.cfg, TemperatureMethod, "method")
+        self.k, self.temperature = s.samples_per_call, s.temperature
         self.calls = KeyedLog(env.work_dir / self.log_name, "call")
 
     @abstractmethod

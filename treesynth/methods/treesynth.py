@@ -16,12 +16,14 @@ import asyncio
 import heapq
 import math
 from collections import Counter
+from dataclasses import asdict
 from typing import Any
 
 from treesynth.io import atomic_write_json, atomic_write_text
 from treesynth.llm import derive_seed
 from treesynth.methods.base import Checkpoint, Method, MethodEnv, PromptRecord
-from treesynth.tree.builder import TreeBuilder, TreeConfig, plan
+from treesynth.tree.builder import TreeBuilder
+from treesynth.tree.config import TreeConfig, plan
 from treesynth.tree.node import Node, Tree
 from treesynth.tree.render import render_html, render_text
 
@@ -48,7 +50,7 @@ class TreeSynth(Method):
     def __init__(self, env: MethodEnv):
         super().__init__(env)
         self.t = TreeConfig.from_cfg(env.cfg)
-        self.infinite_weight = float(env.cfg.get("infinite_weight", 10))
+        self.infinite_weight = float(env.cfg.infinite_weight)
         self.tree: Tree | None = None
         self.log = Checkpoint(env.work_dir / "leaf_calls.jsonl")
         self._calls: dict[str, dict[int, dict]] = {}  # leaf -> call index -> {samples, draws, seed}
@@ -111,8 +113,8 @@ class TreeSynth(Method):
         seed = derive_seed(self.env.seed, "leaf", leaf.id, call)
         attrs, draws = self.tree.attributes(leaf.id, draw_seed=seed)
         req = self.env.task.sample_request(
-            attrs, self.t.samples_per_call, seed=seed, temperature=self.t.temperatures["leaf"],
-            max_tokens=self.t.sample_tokens(self.env.task, self.t.samples_per_call),
+            attrs, self.t.samples_per_call, seed=seed, temperature=self.t.temperatures.leaf,
+            max_tokens=self.env.task.sample_max_tokens(self.t.samples_per_call),
         )
         c = await self.env.llm.complete(req)
         return {
@@ -153,7 +155,7 @@ class TreeSynth(Method):
                 tree.nodes[node_id].records += 1
                 node_id = tree.nodes[node_id].parent
         out = self.env.work_dir
-        doc = {**tree.to_dict(), "task": self.env.task.name, "config": self.t.__dict__}
+        doc = {**tree.to_dict(), "task": self.env.task.name, "config": asdict(self.t)}
         atomic_write_json(out / "tree.json", doc)
         atomic_write_text(out / "tree.txt", render_text(tree))
         atomic_write_text(out / "tree.html", render_html(tree, title=f"TreeSynth tree: {self.env.task.name}"))

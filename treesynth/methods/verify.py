@@ -21,30 +21,19 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from evaluation import sandbox
 from treesynth import answers
 from treesynth.benchmarks import Benchmark, benchmark
-from treesynth.errors import TreesynthError
 from treesynth.io import Checkpoint
 from treesynth.llm import LLM, ChatRequest, derive_seed
 from treesynth.prompts import render
+from treesynth.settings import Verify as VerifySettings
+from treesynth.settings import load
 from treesynth.tasks import TaskSpec
 
-DEFAULTS: dict[str, Any] = {"enabled": False, "kind": "auto", "k": 5, "tests": 3, "keep_untested": False,
-                            "timeout_s": 5}
 _ASSERT = re.compile(r"^\s*assert\b", re.M)
-
-
-def settings(cfg: DictConfig) -> dict[str, Any]:
-    raw = OmegaConf.select(cfg, "data.verify", default=None)
-    v = {**DEFAULTS, **(OmegaConf.to_container(raw, resolve=True) if raw is not None else {})}
-    if v["kind"] not in ("auto", "self_consistency", "execute"):
-        raise TreesynthError(f"data.verify.kind must be auto, self_consistency or execute, not {v['kind']!r}")
-    if int(v["k"]) < 1 or int(v["tests"]) < 1:
-        raise TreesynthError("data.verify.k and data.verify.tests must be >= 1")
-    return v
 
 
 def verified_benchmark(task: TaskSpec) -> Benchmark | None:
@@ -89,18 +78,18 @@ def tests_schema(n: int) -> dict:
 
 class Verifier:
     def __init__(self, teacher: LLM, task: TaskSpec, cfg: DictConfig, work_dir: Path):
-        self.teacher, self.task, self.v = teacher, task, settings(cfg)
+        self.teacher, self.task, self.v = teacher, task, load(cfg.data.verify, VerifySettings, "data.verify")
         self.seed = int(cfg.seed)
-        self.kind = kind_for(task, self.v["kind"])
+        self.kind = kind_for(task, self.v.kind)
         self.bench = verified_benchmark(task)
-        self.sandbox_mode = OmegaConf.select(cfg, "eval.sandbox", default=None)  # one setting for all generated code
+        self.sandbox_mode = str(cfg.eval.sandbox)  # one setting for all generated code
         self.log = Checkpoint(work_dir / "verify.jsonl")
         self.done = {r["id"]: r for r in self.log.rows()}
 
     async def self_consistency(self, r: dict) -> dict:
         own = extract_answer(r["completion"], self.bench, self.task.answer.format)
         reqs = [self.task.response_request(r["prompt"], {}, seed=derive_seed(self.seed, "verify", r["id"], i))
-                for i in range(int(self.v["k"]))]
+                for i in range(self.v.k)]
         votes = [extract_answer(c, self.bench, self.task.answer.format) for c in map(self.task.completion_from, await self.teacher.generate(reqs)) if c]
         counts = self._tally(a for a in votes if a is not None)
         top = max(counts.values(), default=0)
@@ -126,17 +115,17 @@ class Verifier:
             return {"id": r["id"], "ok": False, "reason": "no_code"}
         tests: list[str] = []
         if not _ASSERT.search(code):  # no asserts of its own: ask the teacher for some
-            n = int(self.v["tests"])
+            n = self.v.tests
             req = ChatRequest.user(render("verify_tests", n=str(n), prompt=r["prompt"], code=code), temperature=0.2,
                                    max_tokens=60 * n + 20, seed=derive_seed(self.seed, "verify_tests", r["id"]),
                                    json_schema=tests_schema(n))
             c = await self.teacher.complete(req)
             tests = list(c.data["tests"]) if c.ok and isinstance(c.data, dict) else []
             if not tests:
-                ok = bool(self.v["keep_untested"])
+                ok = self.v.keep_untested
                 return {"id": r["id"], "ok": ok, "reason": "untested"}
         program = code + "\n\n" + "\n".join(tests) + "\n"
-        res = await asyncio.to_thread(sandbox.run_program, program, float(self.v["timeout_s"]), mode=self.sandbox_mode)
+        res = await asyncio.to_thread(sandbox.run_program, program, self.v.timeout_s, mode=self.sandbox_mode)
         return {"id": r["id"], "ok": res.passed, "reason": None if res.passed else f"tests_{res.status}",
                 "tests": tests, "own_asserts": not tests}
 
@@ -145,7 +134,6 @@ class Verifier:
         if self.kind is None:
             return records, {**counts, "verify_skipped": len(records)}
         if self.kind == "execute":
-            self.sandbox_mode = self.sandbox_mode or sandbox.DEFAULT_SANDBOX
             sandbox.require_sandbox(self.sandbox_mode)  # one line on what to install, before any record runs
         todo = [r for r in records if r["id"] not in self.done]
         try:

@@ -22,6 +22,7 @@ from treesynth.io import atomic_write_json, read_jsonl
 from treesynth.metrics import diversity as dv
 from treesynth.metrics.embed import cached_embeddings, model_name
 from treesynth.metrics.plots import MAX_GROUPS, plot_tsne
+from treesynth.settings import Diversity, load
 
 log = logging.getLogger("treesynth")
 
@@ -117,7 +118,6 @@ def _plot_groups(records: Sequence[dict], emb: np.ndarray, branch: dict[str, str
 
 def run(ctx: Any) -> dict:
     cfg: DictConfig = ctx.cfg
-    dcfg = cfg.diversity
     src = Path(ctx.inputs["synthesize"])
     data = src / "data.jsonl"
     if not data.exists():
@@ -125,10 +125,11 @@ def run(ctx: Any) -> dict:
     records = read_jsonl(data)
     if len(records) < 2:
         raise TreesynthError(f"diversity needs at least 2 records; {data} has {len(records)}")
-    texts = record_texts(records, str(dcfg.get("text", "prompt")))
-    seed = int(cfg.get("seed", 0))
-    name = str(dcfg.get("embedding_model", "embedded"))
-    batch = int(dcfg.get("runtime", {}).get("batch_size", 64))
+    d = load(cfg.diversity, Diversity, "diversity")
+    texts = record_texts(records, d.text)
+    seed = int(cfg.seed)
+    name = d.embedding_model
+    batch = d.runtime.batch_size
 
     t0 = time.time()
     emb, cache_file = cached_embeddings(texts, name, Path(cfg.paths.artifacts) / "embeddings", batch)
@@ -142,16 +143,16 @@ def run(ctx: Any) -> dict:
 
     metrics: dict[str, Any] = {
         "embedding_model": model_name(name),
-        "text": str(dcfg.get("text", "prompt")),
-        **dataset_metrics(texts, emb, self_bleu_sample=int(dcfg.get("self_bleu_sample", 200)),
-                          near_dup_threshold=float(dcfg.get("near_dup_threshold", 0.85)), seed=seed),
+        "text": d.text,
+        **dataset_metrics(texts, emb, self_bleu_sample=d.self_bleu_sample,
+                          near_dup_threshold=d.near_dup_threshold, seed=seed),
     }
     leaves, branch = tree_index(src / "tree.json") if (src / "tree.json").exists() else (set(), {})
     metrics.update(dv.leaf_coverage([(r.get("meta") or {}).get("leaf_id") for r in records], leaves or None))
     metrics["seconds_embed"] = round(seconds_embed, 2)
 
     groups, by = _plot_groups(records, emb, branch)
-    per_group = max(50, int(dcfg.get("tsne_sample", 3000)) // min(len(groups), MAX_GROUPS))
+    per_group = max(50, d.tsne_sample // min(len(groups), MAX_GROUPS))
     method = str(records[0].get("method", ""))
     plot_tsne(groups, ctx.dir / "tsne.png", title=f"{method} {cfg.task.get('name', '')} (n={len(records)}) by {by}".strip(),
               max_per_group=per_group, seed=seed)

@@ -21,243 +21,29 @@ replays it and expands only the nodes still pending (their LLM calls hit the req
 from __future__ import annotations
 
 import asyncio
-import difflib
 import logging
 import math
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
-from treesynth.errors import TreesynthError
 from treesynth.io import Checkpoint
 from treesynth.llm import LLM, ChatRequest, Completion, derive_seed, online_requests
 from treesynth.progress import Progress
 from treesynth.prompts import render
 from treesynth.tasks import TaskSpec, format_attributes
+from treesynth.tree.config import TreeConfig
+from treesynth.tree.criterion import (
+    CriterionError,
+    assign_schema,
+    clean_values,
+    coverage_schema,
+    dimension_problem,
+    one_call_schema,
+    propose_schema,
+    validate_one_call,
+)
 from treesynth.tree.node import EXPANDED, LEAF, PENDING, Node, Tree
 
 log = logging.getLogger("treesynth")
-
-@dataclass
-class TreeConfig:
-    pivots: int = 10
-    max_depth: int = 4
-    max_values: int = 50  # N: more values than this = an infinite dimension
-    max_children: int = 50  # cost cap: a dimension with more values is treated as infinite
-    max_nodes: int = 2000
-    max_calls: int = 20000  # LLM requests for building the tree
-    criterion_retries: int = 5
-    coverage_rounds: int = 3
-    criterion_mode: str = "stepwise"
-    proposal_values: int = 4  # stepwise: values asked for per proposal
-    coverage_new_values: int = 4  # values asked for per coverage round
-    samples_per_call: int = 10
-    fixed_first_level: bool = True  # use the task's first_level when it has one
-    temperatures: dict[str, float] = field(
-        default_factory=lambda: {"pivot": 0.7, "criterion": 1.0, "coverage": 0.7, "leaf": 0.7}
-    )
-    max_tokens: dict[str, int] = field(
-        # sample: None = from the task's sample schema (TaskSpec.sample_max_tokens)
-        default_factory=lambda: {"sample": None, "criterion": 128, "assign": 24, "coverage": 96, "one_call": 400}
-    )
-
-    def sample_tokens(self, task: TaskSpec, k: int) -> int:
-        per = self.max_tokens.get("sample")
-        return int(per) * k if per else task.sample_max_tokens(k)
-
-    @classmethod
-    def from_cfg(cls, cfg: DictConfig | dict) -> TreeConfig:
-        d = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-        out = cls()
-        for k in cls.__dataclass_fields__:
-            if k in d and d[k] is not None:
-                v = d[k]
-                if isinstance(v, dict):
-                    v = {**getattr(out, k), **v}
-                setattr(out, k, v)
-        if out.criterion_mode not in ("stepwise", "one_call"):
-            raise TreesynthError(f"method.criterion_mode must be stepwise or one_call, not {out.criterion_mode!r}")
-        if out.pivots < 2 or out.max_depth < 0 or out.samples_per_call < 1 or out.criterion_retries < 1:
-            raise TreesynthError("method: need pivots >= 2, max_depth >= 0, samples_per_call >= 1, criterion_retries >= 1")
-        return out
-
-
-class CriterionError(ValueError):
-    """One criterion attempt was invalid (the message says why); the builder re-samples."""
-
-
-# ---- value hygiene (pure functions: unit-tested directly) ---------------------------------------
-
-_PLACEHOLDER = re.compile(
-    r"[<>{}\[\]]|^(value|option|category|attribute|dimension|criterion|type|item|example|sample)\s*[a-z0-9]?$|\.\.\.|^x+$",
-    re.I,
-)
-_OTHER = re.compile(r"\b(other|others|misc|miscellaneous|etc|various|mixed|none|n/?a|unknown|general|any)\b", re.I)
-_COMBINED = re.compile(r"\s(and|or|&|\+|vs\.?)\s|/|&|\band/or\b", re.I)
-
-
-def normalize(text: str) -> str:
-    words = re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
-    return " ".join(w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in words)
-
-
-def near_duplicate(a: str, b: str, threshold: float = 0.85) -> bool:
-    na, nb = normalize(a), normalize(b)
-    return na == nb or difflib.SequenceMatcher(None, na, nb).ratio() >= threshold
-
-
-def overlapping(a: str, b: str) -> bool:
-    """One value's words contain the other's ("fractions" vs "fractions with decimals"): not disjoint."""
-    wa, wb = set(normalize(a).split()), set(normalize(b).split())
-    return bool(wa and wb) and (wa <= wb or wb <= wa)
-
-
-_WORD = re.compile(r"[A-Za-z]{3,}|^[0-9][0-9.,\s-]*$")  # a word, or a number / range such as "2-3"
-
-
-def value_problem(value: str) -> str | None:
-    v = value.strip()
-    if len(normalize(v)) < 2:
-        return "empty"
-    if _PLACEHOLDER.search(v):
-        return "placeholder"
-    # A weak model's fragments (", BQUICK_PINK", ")sort_by") start mid-sentence or hold no word.
-    if not v[0].isalnum() or not _WORD.search(v):
-        return "not a value (no leading word)"
-    if _OTHER.search(v):
-        return "catch-all ('other')"
-    if _COMBINED.search(v):
-        return "combined"
-    return None
-
-
-def clean_values(
-    candidates: list[str], existing: list[str] = (), dimension: str | None = None
-) -> tuple[list[str], list[tuple[str, str]]]:
-    """Keep the candidates that are valid, new and disjoint from `existing` and each other; near-duplicates
-    are merged into the value already kept; a value that restates the dimension itself is dropped.
-    Returns (kept, [(dropped value, why)])."""
-    kept: list[str] = []
-    dropped: list[tuple[str, str]] = []
-    for raw in candidates:
-        v = " ".join(str(raw).split())
-        problem = value_problem(v)
-        if problem is None and dimension and near_duplicate(v, dimension):
-            problem = "restates the dimension"
-        if problem is None:
-            for other in [*existing, *kept]:
-                if near_duplicate(v, other):
-                    problem = f"duplicate of {other!r}"
-                    break
-                if overlapping(v, other):
-                    problem = f"overlaps {other!r}"
-                    break
-        if problem:
-            dropped.append((v, problem))
-        else:
-            kept.append(v)
-    return kept, dropped
-
-
-def dimension_problem(dimension: str, used: list[str]) -> str | None:
-    d = " ".join(str(dimension).split())
-    if len(normalize(d)) < 3 or _PLACEHOLDER.search(d):
-        return f"dimension {d!r} is a placeholder"
-    for u in used:
-        if near_duplicate(d, u) or normalize(d) == normalize(u):
-            return f"dimension {d!r} is already used by an ancestor ({u!r})"
-    return None
-
-
-def validate_one_call(data: Any, n_pivots: int, used: list[str]) -> tuple[str, dict[str, list[int]]]:
-    """The paper's one-call criterion, checked: returns (dimension, value -> 1-based pivot indices)."""
-    if not isinstance(data, dict) or not isinstance(data.get("attributes"), list):
-        raise CriterionError("criterion JSON lacks attributes")
-    dimension = " ".join(str(data.get("dimension", "")).split())
-    if problem := dimension_problem(dimension, used):
-        raise CriterionError(problem)
-    assignment: dict[str, list[int]] = {}
-    for item in data["attributes"]:
-        value, idx = str(item.get("value", "")), item.get("samples", [])
-        kept, dropped = clean_values([value], list(assignment))
-        if dropped:
-            raise CriterionError(f"value {value!r} rejected: {dropped[0][1]}")
-        if not all(isinstance(i, int) and 1 <= i <= n_pivots for i in idx):
-            raise CriterionError(f"value {value!r}: sample indices out of range 1..{n_pivots}: {idx}")
-        assignment[kept[0]] = sorted(set(idx))
-    seen = [i for idx in assignment.values() for i in idx]
-    if len(seen) != len(set(seen)):
-        raise CriterionError("a sample is assigned to two values (values overlap)")
-    if set(seen) != set(range(1, n_pivots + 1)):
-        raise CriterionError(f"samples {sorted(set(range(1, n_pivots + 1)) - set(seen))} are not assigned")
-    if len(assignment) < 2:
-        raise CriterionError("fewer than 2 values")
-    return dimension, assignment
-
-
-# ---- schemas ------------------------------------------------------------------------------------
-
-def propose_schema(max_values: int, value: dict) -> dict:
-    """`value`: the schema of one dimension or value name (the generator profile's `value_schema()`)."""
-    return {
-        "title": "propose",
-        "type": "object",
-        "properties": {
-            "dimension": value,
-            "values": {"type": "array", "items": value, "minItems": 2, "maxItems": max(2, max_values)},
-        },
-        "required": ["dimension", "values"],
-        "additionalProperties": False,
-    }
-
-
-def assign_schema(values: list[str]) -> dict:
-    return {
-        "title": "assign",
-        "type": "object",
-        "properties": {"value": {"enum": list(values)}},
-        "required": ["value"],
-        "additionalProperties": False,
-    }
-
-
-def one_call_schema(n_pivots: int, max_values: int, value: dict) -> dict:
-    item = {
-        "type": "object",
-        "properties": {
-            "value": value,
-            "samples": {"type": "array", "items": {"enum": list(range(1, n_pivots + 1))}, "minItems": 1, "maxItems": n_pivots},
-        },
-        "required": ["value", "samples"],
-        "additionalProperties": False,
-    }
-    return {
-        "title": "criterion",
-        "type": "object",
-        "properties": {
-            "dimension": value,
-            "attributes": {"type": "array", "items": item, "minItems": 2, "maxItems": max(2, min(max_values, n_pivots))},
-        },
-        "required": ["dimension", "attributes"],
-        "additionalProperties": False,
-    }
-
-
-def coverage_schema(max_new: int, value: dict) -> dict:
-    return {
-        "title": "coverage",
-        "type": "object",
-        "properties": {
-            "complete": {"type": "boolean"},
-            "new_values": {"type": "array", "items": value, "minItems": 0, "maxItems": max(1, max_new)},
-        },
-        "required": ["complete", "new_values"],
-        "additionalProperties": False,
-    }
-
 
 # ---- the builder --------------------------------------------------------------------------------
 
@@ -413,7 +199,7 @@ class TreeBuilder:
             reqs.append(
                 self.task.sample_request(
                     attrs, min(k, self.t.pivots - call * k), seed=self._seed(node, "pivots", call),
-                    temperature=self.t.temperatures["pivot"], max_tokens=self.t.sample_tokens(self.task, min(k, self.t.pivots)),
+                    temperature=self.t.temperatures.pivot, max_tokens=self.task.sample_max_tokens(min(k, self.t.pivots)),
                 )
             )
         out = []
@@ -430,7 +216,7 @@ class TreeBuilder:
             used=", ".join(used) or "(none)", max_values=str(self.t.proposal_values),
         )
         req = ChatRequest.user(
-            prompt, temperature=self.t.temperatures["criterion"], max_tokens=self.t.max_tokens["criterion"],
+            prompt, temperature=self.t.temperatures.criterion, max_tokens=self.t.max_tokens.criterion,
             seed=self._seed(node, "propose", attempt), json_schema=propose_schema(self.t.proposal_values, self.task.profile.value_schema()),
         )
         (c,) = await self._generate(node, [req])
@@ -446,7 +232,7 @@ class TreeBuilder:
         reqs = [
             ChatRequest.user(
                 render("assign", dimension=dimension, values=", ".join(values), pivot=p),
-                temperature=self.t.temperatures["criterion"], max_tokens=self.t.max_tokens["assign"],
+                temperature=self.t.temperatures.criterion, max_tokens=self.t.max_tokens.assign,
                 seed=self._seed(node, "assign", attempt, i), json_schema=assign_schema(values),
             )
             for i, p in enumerate(node.pivots)
@@ -465,7 +251,7 @@ class TreeBuilder:
             used=", ".join(used) or "(none)", n=str(n),
         )
         req = ChatRequest.user(
-            prompt, temperature=self.t.temperatures["criterion"], max_tokens=self.t.max_tokens["one_call"],
+            prompt, temperature=self.t.temperatures.criterion, max_tokens=self.t.max_tokens.one_call,
             seed=self._seed(node, "criterion", attempt), json_schema=one_call_schema(n, self.t.max_values, self.task.profile.value_schema()),
         )
         (c,) = await self._generate(node, [req])
@@ -479,7 +265,7 @@ class TreeBuilder:
             values=", ".join(values), max_new=str(self.t.coverage_new_values),
         )
         req = ChatRequest.user(
-            prompt, temperature=self.t.temperatures["coverage"], max_tokens=self.t.max_tokens["coverage"],
+            prompt, temperature=self.t.temperatures.coverage, max_tokens=self.t.max_tokens.coverage,
             seed=self._seed(node, "coverage", rnd), json_schema=coverage_schema(self.t.coverage_new_values, self.task.profile.value_schema()),
         )
         (c,) = await self._generate(node, [req])
@@ -489,42 +275,3 @@ class TreeBuilder:
         return added, bool(c.data.get("complete"))
 
 
-def plan(tcfg: TreeConfig, task: TaskSpec, size: int) -> dict[str, Any]:
-    """Expected LLM calls and tokens (upper bounds without retries) for the configured caps and size."""
-    first = task.first_level if tcfg.fixed_first_level else None
-    max_branch = min(tcfg.max_children, tcfg.max_values)
-    node_calls = math.ceil(tcfg.pivots / tcfg.samples_per_call) + 1 + (
-        tcfg.pivots if tcfg.criterion_mode == "stepwise" else 0
-    ) + tcfg.coverage_rounds
-    call_tokens = tcfg.sample_tokens(task, tcfg.samples_per_call)
-    node_tokens = (
-        math.ceil(tcfg.pivots / tcfg.samples_per_call) * tcfg.sample_tokens(task, min(tcfg.samples_per_call, tcfg.pivots))
-        + tcfg.max_tokens["criterion" if tcfg.criterion_mode == "stepwise" else "one_call"]
-        + (tcfg.pivots * tcfg.max_tokens["assign"] if tcfg.criterion_mode == "stepwise" else 0)
-        + tcfg.coverage_rounds * tcfg.max_tokens["coverage"]
-    )
-    expanded, calls, tokens, width = 0, 0, 0, 1
-    leaves = 1
-    for depth in range(tcfg.max_depth):
-        if expanded + width > tcfg.max_nodes:
-            break
-        branch = len(first["values"]) if (depth == 0 and first) else max_branch
-        llm_nodes = 0 if (depth == 0 and first) else width
-        expanded += width
-        calls += llm_nodes * node_calls
-        tokens += llm_nodes * node_tokens
-        width *= branch
-        leaves = width
-    leaves = min(leaves, tcfg.max_nodes)
-    calls = min(calls, tcfg.max_calls)
-    leaf_calls = math.ceil(size / tcfg.samples_per_call) + min(leaves, size)  # at least one call per leaf used
-    teacher_calls = size * (1 + task.teacher_profile.response_retries)
-    return {
-        "tree": {"expanded_nodes_max": expanded, "leaves_max": leaves, "calls_max": calls,
-                 "completion_tokens_max": tokens, "calls_per_node": node_calls},
-        "leaf_calls": leaf_calls,
-        "leaf_completion_tokens_max": leaf_calls * call_tokens,
-        "teacher_calls": {"expected": size, "max": teacher_calls},
-        "teacher_completion_tokens_max": teacher_calls * task.teacher_profile.response_max_tokens,
-        "total_calls_max": calls + leaf_calls + teacher_calls,
-    }
