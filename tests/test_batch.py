@@ -27,9 +27,9 @@ FAST = {"window_s": 0.1, "poll_s": 0.05}
 
 
 def llm_cfg(srv: StubServer, mode: str = "batch", price: dict | None = None, **batch) -> dict:
-    return {"backend": "openai", "model": srv.model, "api_key_env": None,
+    return {"backend": "openai", "model": srv.model, "api_key_env": None, "price": price,
             "runtime": {"base_urls": [srv.base_url], "mode": mode, "max_retries": 1, "backoff_base_s": 0.01,
-                        "price": price, "batch": {**FAST, "discount": 0.5, **batch}}}  # OpenAI's, as in openai.yaml
+                        "batch": {**FAST, "discount": 0.5, **batch}}}  # OpenAI's, as in openai.yaml
 
 
 def requests(n: int, schema: dict | None = None) -> list[ChatRequest]:
@@ -97,7 +97,7 @@ def test_a_budget_for_the_batch_price_completes_in_batch_mode(tmp_path):
     eight_words = "one two three four five six seven eight"
     with StubServer(respond=lambda body: eight_words) as srv:
         online = build_llm(llm_cfg(srv, "online", price), tmp_path / "online", budget=Budget(60.0))
-        with pytest.raises(BudgetExceeded, match="budget llm.runtime.budget_usd=60 reached"):
+        with pytest.raises(BudgetExceeded, match="budget llm.budget_usd=60 reached"):
             run(online, reqs)
         budget = Budget(60.0)
         batched = build_llm(llm_cfg(srv, "batch", price), tmp_path / "batch", budget=budget)
@@ -246,7 +246,7 @@ def stage_overrides(srv: StubServer, root: Path, mode: str, size: int = 10) -> l
         "stages=[synthesize]", "task=gsm8k", *TREE, "llm=openai", "llm.profile=constrained", "seed=0",
         "llm.model=stub-model", "llm.api_key_env=null", f"llm.runtime.base_urls=[{srv.base_url}]",
         "llm.runtime.max_retries=1", f"llm.runtime.mode={mode}", "llm.runtime.batch.window_s=0.2",
-        "llm.runtime.batch.poll_s=0.05", "llm.runtime.price.input=1", "llm.runtime.price.output=4",
+        "llm.runtime.batch.poll_s=0.05", "llm.price.input=1", "llm.price.output=4",
         f"data.size={size}", "data.hygiene.decontaminate=false",
         f"paths.artifacts={root / 'artifacts'}", f"paths.results={root / 'results'}", "wandb.mode=disabled",
     ]

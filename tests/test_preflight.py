@@ -115,8 +115,8 @@ def test_preflight_imports_nothing_heavy(tmp_path):
     (["method=persona_hub", "method.pool_size=0"], "method.pool_size must be >= 1, got 0"),
     (["method.temperatures.pivot=-1"], "method.temperatures.pivot must be >= 0, got -1"),
     (["+llm@teacher=scripted", "teacher.runtime.delay_s=-1"], "teacher.runtime.delay_s must be >= 0, got -1"),
-    (["teacher={backend: embedded, model: s}"], "teacher is missing profile, profile_overrides, runtime "
-     "(set +teacher.KEY=... or add them to the option's YAML)"),  # a whole LLM option: +llm@teacher=embedded
+    (["teacher={backend: embedded, model: s}"], "teacher is missing profile, profile_overrides, budget_usd, "
+     "price, runtime (set +teacher.KEY=... or add them to the option's YAML)"),  # a whole LLM option: +llm@teacher=embedded
     (["method=treesynth_balance"], "method.source is required (set method.source=... on the command line)"),
     (["train.max_steps=${nope}"], "train.max_steps: Interpolation key 'nope' not found"),
 ])

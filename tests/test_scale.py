@@ -16,7 +16,7 @@ from treesynth.llm import ChatRequest, price_of
 from treesynth.llm.client import Budget, BudgetExceeded, Price
 from treesynth.methods.base import KeyedLog
 from treesynth.methods.hygiene import NearDupIndex, dedup
-from treesynth.pipeline import run_stage, stage_dir
+from treesynth.pipeline import run_stage, stage_dir, stage_key
 from treesynth.progress import Progress
 from treesynth.testing.scripted import ScriptedBackend
 
@@ -59,7 +59,7 @@ TREE = ["method=treesynth", "method.pivots=3", "method.max_depth=2", "method.max
 
 @pytest.mark.parametrize("method", [[], TREE], ids=["temperature", "treesynth"])
 def test_budget_stops_cleanly_then_resumes_without_paying_twice(tmp_path, monkeypatch, method):
-    price = ["llm.runtime.price.input=1000", "llm.runtime.price.output=1000", *method]  # $0.001 a token
+    price = ["llm.price.input=1000", "llm.price.output=1000", *method]  # $0.001 a token
     full = compose_config([*TEMP, "data.size=20", *price], tmp_path / "ref")
     reference = run_stage(full, "synthesize")
     need = reference["cost_usd"]
@@ -73,8 +73,8 @@ def test_budget_stops_cleanly_then_resumes_without_paying_twice(tmp_path, monkey
         return await orig(self, request)
 
     monkeypatch.setattr(ScriptedBackend, "complete", counting)
-    low = compose_config([*TEMP, "data.size=20", *price, f"llm.runtime.budget_usd={need / 2}"], tmp_path / "run")
-    with pytest.raises(TreesynthError, match=r"^stopped: budget llm.runtime.budget_usd=.* reached: \$.* spent") as e:
+    low = compose_config([*TEMP, "data.size=20", *price, f"llm.budget_usd={need / 2}"], tmp_path / "run")
+    with pytest.raises(TreesynthError, match=r"^stopped: budget llm.budget_usd=.* reached: \$.* spent") as e:
         run_stage(low, "synthesize")
     assert "\n" not in str(e.value)
     out = stage_dir(low, "synthesize")
@@ -83,7 +83,7 @@ def test_budget_stops_cleanly_then_resumes_without_paying_twice(tmp_path, monkey
     first_run = len(calls)
     assert first_run > 0
 
-    high = compose_config([*TEMP, "data.size=20", *price, f"llm.runtime.budget_usd={need * 2}"], tmp_path / "run")
+    high = compose_config([*TEMP, "data.size=20", *price, f"llm.budget_usd={need * 2}"], tmp_path / "run")
     assert stage_dir(high, "synthesize") == out  # the budget is no part of the artifact key: same artifact
     metrics = run_stage(high, "synthesize")
     assert len(calls) == len(set(calls))  # no request sent twice over both runs
@@ -94,7 +94,7 @@ def test_budget_stops_cleanly_then_resumes_without_paying_twice(tmp_path, monkey
 def test_budget_reserves_the_worst_case_of_calls_in_flight():
     budget = Budget(1.0)
     budget.reserve(0.6)
-    with pytest.raises(BudgetExceeded, match="budget llm.runtime.budget_usd=1 reached"):
+    with pytest.raises(BudgetExceeded, match="budget llm.budget_usd=1 reached"):
         budget.reserve(0.6)
     budget.settle(0.6, 0.1)  # the call came back cheaper than its worst case
     budget.reserve(0.6)
@@ -104,9 +104,19 @@ def test_budget_reserves_the_worst_case_of_calls_in_flight():
 def test_price_table_and_override(tmp_path):
     cfg = compose_config(["llm=openai", "llm.model=gpt-4o-2024-08-06"], tmp_path)
     assert price_of(cfg.llm) == Price(2.5, 10.0)  # the longest table prefix: gpt-4o, not gpt-4o-mini
-    cfg = compose_config(["llm=openai", "llm.model=my-local", "llm.runtime.price.output=3"], tmp_path)
+    cfg = compose_config(["llm=openai", "llm.model=my-local", "llm.price.output=3"], tmp_path)
     assert price_of(cfg.llm) == Price(0.0, 3.0)
     assert Price(2.0, 8.0).cost(1_000_000, 500_000) == pytest.approx(6.0)
+
+
+def test_money_keys_are_not_in_the_synthesis_key(tmp_path):
+    """A budget or price changes what a run may cost, never what it makes: the same artifact resumes."""
+    base = ["llm=openai", "llm.model=gpt-4o", "+llm@teacher=openai"]
+    key = stage_key(compose_config(base, tmp_path), "synthesize")
+    for money in (["llm.budget_usd=5"], ["llm.price.input=9", "teacher.price.output=1"], ["llm.prices={}"],
+                  ["teacher.budget_usd=1"]):
+        assert stage_key(compose_config([*base, *money], tmp_path), "synthesize") == key, money
+    assert stage_key(compose_config([*base, "llm.model=gpt-4o-mini"], tmp_path), "synthesize") != key
 
 
 def test_plan_prints_dollars(tmp_path, capsys):

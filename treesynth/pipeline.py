@@ -2,7 +2,9 @@
 
 Each stage writes into `<paths.artifacts>/<stage>/<key>/`, where the key hashes exactly the config the
 stage's output depends on plus its upstream stages' keys. Sub-nodes named `runtime` (concurrency,
-batch sizes, endpoints, timeouts) are excluded from every key: they change speed, not output.
+batch sizes, endpoints, timeouts) are excluded from every key: they change speed, not output; so are an
+LLM's money keys (`llm.budget_usd`, `llm.price`, `llm.prices`): what a run may cost, not what it makes, so
+a rerun with a larger budget resumes the same artifact.
 A stage is finished when its `stage.json` exists; a rerun skips it; an interrupted stage finds its
 partial checkpoint files in the same directory and resumes. A per-key file lock keeps parallel sweep
 jobs from computing the same artifact twice. What a stage function receives is a `StageContext`
@@ -32,6 +34,7 @@ from treesynth.tracking import Tracker
 log = logging.getLogger("treesynth")
 
 RUNTIME_KEY = "runtime"
+MONEY_KEYS = {"llm": ("budget_usd", "price", "prices"), "teacher": ("budget_usd", "price", "prices")}
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,8 @@ def stage_config(cfg: DictConfig, stage: Stage) -> dict:
         value = OmegaConf.select(cfg, path, default=None)
         if isinstance(value, DictConfig) or OmegaConf.is_list(value):
             value = OmegaConf.to_container(value, resolve=True)
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k not in MONEY_KEYS.get(path, ())}
         out[path] = _strip_runtime(value)
     if stage.name in KEY_INPUTS:
         out["inputs"] = KEY_INPUTS.load(stage.name)(cfg)

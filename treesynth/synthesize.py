@@ -16,7 +16,7 @@ and the checkpoints that make a killed run resume (responses.jsonl, the method's
 The output is the first data.size survivors in stream order, whatever the chunking: the same seed gives
 the same records, also after a kill and a rerun.
 With method.plan_only=true it only writes plan.json and logs the expected LLM calls, tokens and dollars.
-`llm.runtime.budget_usd` stops the stage (one line) before the spend of all runs of this artifact could
+`llm.budget_usd` stops the stage (one line) before the spend of all runs of this artifact could
 exceed it; a rerun with a larger budget resumes (finished calls come from the request cache, free).
 """
 
@@ -47,7 +47,7 @@ from treesynth.profiles import used_profiles
 from treesynth.progress import Progress
 from treesynth.progress import configure as configure_progress
 from treesynth.respond import respond, response_log
-from treesynth.settings import LLMRuntime, load
+from treesynth.settings import LLMSettings, load
 from treesynth.stage_context import StageContext
 from treesynth.tasks import TaskSpec, task_of
 
@@ -55,7 +55,7 @@ log = logging.getLogger("treesynth")
 
 # A run that needs more than this many prompts per record has a generator/teacher problem, not bad luck.
 MAX_POSITIONS_PER_RECORD = 20
-COST_FILE = "cost.json"  # what the runs of this artifact spent, for llm.runtime.budget_usd
+COST_FILE = "cost.json"  # what the runs of this artifact spent, for llm.budget_usd
 
 
 async def apply_hygiene(prompts: list[PromptRecord], hygiene: Hygiene) -> list[PromptRecord]:
@@ -178,8 +178,8 @@ def run(ctx: StageContext) -> dict:
 
 
 def budget_of(cfg: DictConfig, out: Path) -> Budget:
-    """The run's budget (llm.runtime.budget_usd; null: none) with what earlier runs of this artifact spent."""
-    limit = load(cfg.llm.runtime, LLMRuntime, "llm.runtime").budget_usd
+    """The run's budget (llm.budget_usd; null: none) with what earlier runs of this artifact spent."""
+    limit = load(cfg.llm, LLMSettings, "llm").budget_usd
     spent = 0.0
     if (out / COST_FILE).exists():
         spent = float(json.loads((out / COST_FILE).read_text(encoding="utf-8")).get("spent_usd", 0.0))

@@ -11,9 +11,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-# llm.runtime keys the LLM layer reads (treesynth/llm/client.py: price, budget), whatever the backend
-LLM_RUNTIME_KEYS = frozenset({"budget_usd", "price", "prices"})
-
 
 class LLMError(Exception):
     """A request failed after the backend's own retries (transport error, HTTP error, timeout)."""

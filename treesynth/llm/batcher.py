@@ -11,7 +11,6 @@ from dataclasses import fields
 from typing import Any, Generic, TypeVar
 
 from treesynth.errors import TreesynthError
-from treesynth.llm.base import LLM_RUNTIME_KEYS
 
 T = TypeVar("T")
 D = TypeVar("D")
@@ -97,10 +96,10 @@ class MicroBatcher(Generic[T, R]):
 
 
 def parse_runtime(cls: type[D], llm_cfg: dict) -> D:
-    """`llm.runtime` as the backend's runtime dataclass (the LLM layer's keys left out): every field from
+    """`llm.runtime` as the backend's runtime dataclass: every field from
     the config (conf/llm/<backend>.yaml holds the values, never the dataclass); a missing or unknown key is
     a one-line error."""
-    given: dict[str, Any] = {k: v for k, v in (llm_cfg.get("runtime") or {}).items() if k not in LLM_RUNTIME_KEYS}
+    given: dict[str, Any] = dict(llm_cfg.get("runtime") or {})
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     backend = llm_cfg.get("backend")
     if unknown := sorted(set(given) - known):

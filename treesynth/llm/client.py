@@ -66,7 +66,7 @@ class Price:
 
 
 class BudgetExceeded(TreesynthError):
-    """The next call could take the spend past llm.runtime.budget_usd (run.py prints the one line)."""
+    """The next call could take the spend past llm.budget_usd (run.py prints the one line)."""
 
 
 class Budget:
@@ -88,7 +88,7 @@ class Budget:
         if self.limit is not None and self.total + self.reserved + amount > self.limit:
             self.refused += 1
             raise BudgetExceeded(
-                f"budget llm.runtime.budget_usd={self.limit:g} reached: ${self.total:.4f} spent, the next call "
+                f"budget llm.budget_usd={self.limit:g} reached: ${self.total:.4f} spent, the next call "
                 f"could cost up to ${amount:.4f}; rerun with a larger budget to resume from the checkpoint")
         self.reserved += amount
 
@@ -260,12 +260,12 @@ class LLM:
 
 
 def price_of(llm_cfg: Any) -> Price:
-    """The model's price: `runtime.price.input/output` when set, else the config's `runtime.prices` table
+    """The model's price: `llm.price.input/output` when set, else the config's `llm.prices` table
     entry for the model (longest matching prefix, so dated snapshots match), else free (local models).
     In batch mode (`runtime.mode=batch`) with the Batch API's discount, `runtime.batch.discount`."""
     runtime = (llm_cfg.get("runtime") if hasattr(llm_cfg, "get") else None) or {}
-    explicit = runtime.get("price") or {}
-    table = runtime.get("prices") or {}
+    explicit = llm_cfg.get("price") or {}
+    table = llm_cfg.get("prices") or {}
     model = str(llm_cfg.get("model", ""))
     known = max((name for name in table if model.startswith(str(name))), key=len, default=None)
     base = table[known] if known is not None else {}
@@ -276,9 +276,9 @@ def price_of(llm_cfg: Any) -> Price:
         try:
             values[side] = float(value)
         except (TypeError, ValueError):
-            raise TreesynthError(f"llm.runtime.price.{side} must be a number ($ per million tokens), got {value!r}") from None
+            raise TreesynthError(f"llm.price.{side} must be a number ($ per million tokens), got {value!r}") from None
         if values[side] < 0:
-            raise TreesynthError(f"llm.runtime.price.{side} must be >= 0, got {values[side]}")
+            raise TreesynthError(f"llm.price.{side} must be >= 0, got {values[side]}")
     discount = (runtime.get("batch") or {}).get("discount", 0.0) if runtime.get("mode") == "batch" else 0.0
     try:
         values["batch_discount"] = float(discount)
@@ -291,9 +291,8 @@ def price_of(llm_cfg: Any) -> Price:
 
 def price_known(llm_cfg: Any) -> bool:
     """Whether the price is set or in the table (a local backend without either is free by definition)."""
-    runtime = llm_cfg.get("runtime") or {}
-    explicit = runtime.get("price") or {}
+    explicit = llm_cfg.get("price") or {}
     if explicit.get("input") is not None or explicit.get("output") is not None:
         return True
     model = str(llm_cfg.get("model", ""))
-    return any(model.startswith(str(name)) for name in runtime.get("prices") or {})
+    return any(model.startswith(str(name)) for name in llm_cfg.get("prices") or {})

@@ -19,6 +19,7 @@ two in step: every key an option sets is declared, every declared field is set b
 """
 
 from treesynth.settings.check import check_settings, load, stray_keys
+from treesynth.settings.schema import LLM as LLMSettings
 from treesynth.settings.schema import (
     Data,
     Diversity,
@@ -26,7 +27,6 @@ from treesynth.settings.schema import (
     EvolInstructMethod,
     Hygiene,
     LLMGroup,
-    LLMRuntime,
     MethodGroup,
     PersonaHubMethod,
     ProgressSettings,
@@ -41,7 +41,7 @@ from treesynth.settings.schema import (
     one_of,
 )
 
-__all__ = ["Data", "Diversity", "Eval", "EvolInstructMethod", "Hygiene", "LLMGroup", "LLMRuntime", "MethodGroup",
+__all__ = ["Data", "Diversity", "Eval", "EvolInstructMethod", "Hygiene", "LLMGroup", "LLMSettings", "MethodGroup",
            "PersonaHubMethod", "ProgressSettings", "Settings", "TemperatureMethod", "Train", "TrainGroup",
            "TreeShape", "Verify", "Wandb", "bound", "check_settings", "load", "one_of",
            "stray_keys"]

@@ -109,10 +109,7 @@ class Price:
 
 @dataclass
 class LLMRuntime:
-    """The keys every backend's runtime has: the LLM layer's (treesynth/llm/client.py), not the backend's."""
-
-    budget_usd: float | None = bound(ge=0)
-    price: Price
+    """What every backend's runtime has in common: nothing yet (each option adds its own knobs)."""
 
 
 @dataclass
@@ -121,6 +118,8 @@ class LLM:
     model: str
     profile: str
     profile_overrides: dict[str, Any]
+    budget_usd: float | None = bound(ge=0)  # money keys: read by the LLM layer, never part of an artifact key
+    price: Price
     runtime: LLMRuntime
 
 
@@ -160,11 +159,11 @@ class OpenAIRuntime(LLMRuntime):
     cooldown_429_s: float = bound(ge=0)
     health_timeout_s: float = bound(gt=0)
     http: Literal["aiohttp", "openai"]
-    prices: dict[str, Price]
 
 
 @dataclass
 class OpenAILLM(LLM):
+    prices: dict[str, Price]
     api_key_env: str | None
     schema_style: Literal["json_schema", "json_object"]
     runtime: OpenAIRuntime
