@@ -28,7 +28,7 @@ from treesynth import answers
 from treesynth.benchmarks import Benchmark, benchmark
 from treesynth.errors import TreesynthError
 from treesynth.llm import LLM, ChatRequest, derive_seed
-from treesynth.methods.base import Checkpoint
+from treesynth.methods.base import Checkpoint, gather_logged
 from treesynth.prompts import render
 from treesynth.tasks import TaskSpec
 
@@ -152,13 +152,8 @@ class Verifier:
             self.sandbox_mode = self.sandbox_mode or sandbox.DEFAULT_SANDBOX
             sandbox.require_sandbox(self.sandbox_mode)  # one line on what to install, before any record runs
         todo = [r for r in records if r["id"] not in self.done]
-        try:
-            check = self.self_consistency if self.kind == "self_consistency" else (lambda r: self.execute(r, sandbox))
-            for row in await asyncio.gather(*(check(r) for r in todo)):
-                self.done[row["id"]] = row
-                self.log.append(row)
-        finally:
-            self.log.close()
+        check = self.self_consistency if self.kind == "self_consistency" else (lambda r: self.execute(r, sandbox))
+        await gather_logged((check(r) for r in todo), self.log, keep=lambda row: self.done.update({row["id"]: row}))
         outcomes = [self.done[r["id"]] for r in records]
         kept = [r for r, o in zip(records, outcomes, strict=True) if o["ok"]]
         reasons = Counter(o["reason"] for o in outcomes if not o["ok"])
