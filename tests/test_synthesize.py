@@ -107,6 +107,28 @@ def test_chunked_stream_gives_the_records_of_one_chunk(tmp_path, monkeypatch, me
     assert lost and len(runs[3]) == 30 and runs[3] == runs[4096]
 
 
+def test_verification_runs_once_per_record_across_batches_and_reruns(tmp_path, monkeypatch):
+    # A teacher whose answers agree on every vote: records verify; chunks of 4 make several batches.
+    orig = ScriptedBackend.default_response
+
+    def agreeing(self, request):
+        if (request.json_schema or {}).get("title") == "response":
+            return json.dumps({"reasoning": "counting carefully", "answer": "7"})
+        return orig(self, request)
+
+    monkeypatch.setattr(ScriptedBackend, "default_response", agreeing)
+    args = ["llm=scripted", "stages=[synthesize]", "method=temperature", "data.size=12", "data.runtime.chunk=4",
+            "data.verify.enabled=true", "data.verify.k=2", "data.hygiene.decontaminate=false"]
+    cfg = compose_config(args, tmp_path)
+    metrics = run_stage(cfg, "synthesize")
+    out = stage_dir(cfg, "synthesize")
+    outcomes = read_jsonl(out / "verify.jsonl")
+    assert metrics["verify_checked"] == len(outcomes) == len({o["id"] for o in outcomes}) >= 12
+    (out / "stage.json").unlink()
+    again = run_stage(compose_config(args, tmp_path), "synthesize")  # every outcome replayed, no call made
+    assert again["llm"]["calls"] == 0 and again["verify_checked"] == metrics["verify_checked"]
+
+
 def _run_py(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "disabled"}
     return subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, env=env,
