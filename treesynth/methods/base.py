@@ -5,8 +5,9 @@ n returns the same records first and only generates the missing ones. The shared
 (treesynth/synthesize.py) asks for more positions when the teacher or hygiene drops records, so every
 method gets exact sizing, the teacher step, hygiene and resume for free.
 
-A method checkpoints whatever it generates in `env.work_dir` (append-only logs via `Checkpoint`), so a
-killed run resumes without losing or duplicating records; every LLM request carries a seed from
+A method checkpoints whatever it generates in `env.work_dir` (append-only logs: `Checkpoint`, or
+`KeyedLog` when read by key; `gather_logged` runs a batch of calls into one), so a killed run resumes
+without losing or duplicating records; every LLM request carries a seed from
 `derive_seed(env.seed, <what it is for>, ...)`, so reruns hit the request cache.
 """
 
@@ -61,7 +62,7 @@ class Method(ABC):
 
     async def prompts_between(self, start: int, stop: int) -> list[PromptRecord]:
         """The records at stream positions [start, stop): what the stage streams through, one chunk at a
-        time. A method that can generate a range without holding the earlier ones overrides this (the
+        time. A streaming method overrides this so a chunk costs its own positions only (TreeSynth and the
         call-based baselines do); the default slices the prefix, which is the same records."""
         before = len(await self.prompts(start)) if start else 0
         return (await self.prompts(stop))[before:]
@@ -190,7 +191,7 @@ class KeyedLog:
             self._appender = None
 
 
-class Log(Protocol):
+class AppendLog(Protocol):
     """What `gather_logged` writes to: a `Checkpoint` or a `KeyedLog`."""
 
     def append(self, row: dict) -> None: ...
@@ -198,7 +199,7 @@ class Log(Protocol):
     def close(self) -> None: ...
 
 
-async def gather_logged(calls: Iterable[Awaitable[dict]], log: Log,
+async def gather_logged(calls: Iterable[Awaitable[dict]], log: AppendLog,
                         keep: Callable[[dict], None] | None = None) -> None:
     """Run `calls` concurrently, then append the rows they returned to `log` in call order (each handed to
     `keep` first, e.g. to index it), so a replay of the log sees the same order whatever finished first.
