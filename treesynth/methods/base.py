@@ -62,8 +62,8 @@ class Method(ABC):
 
     async def prompts_between(self, start: int, stop: int) -> list[PromptRecord]:
         """The records at stream positions [start, stop): what the stage streams through, one chunk at a
-        time. A streaming method overrides this so a chunk costs its own positions only (TreeSynth and the
-        call-based baselines do); the default slices the prefix, which is the same records."""
+        time. A streaming method overrides this so a chunk costs its own positions only (TreeSynth,
+        Evol-Instruct and the call-based baselines do); the default slices the prefix: the same records."""
         before = len(await self.prompts(start)) if start else 0
         return (await self.prompts(stop))[before:]
 
