@@ -59,7 +59,7 @@ class Schedule:
         _, i = heapq.heappop(self.heap)
         slot = self.counts[i]
         self.counts[i] += 1
-        heapq.heappush(self.heap, ((slot + 2) / self.weights[i], i))
+        heapq.heappush(self.heap, ((self.counts[i] + 1) / self.weights[i], i))
         self.pos += 1
         return i, slot
 
