@@ -19,7 +19,7 @@ from conftest import REPO, compose_config
 
 from treesynth.io import read_jsonl
 from treesynth.llm.scripted import ScriptedBackend, request_rng
-from treesynth.methods.treesynth import schedule
+from treesynth.methods.treesynth import LeafCalls, Schedule, schedule
 from treesynth.pipeline import run_stage, stage_dir
 from treesynth.tasks import task_of
 
@@ -32,6 +32,26 @@ def test_schedule_prefixes_are_even_and_weighted():
     c = Counter(order)
     assert c[3] > 3 * c[0] and max(c[0], c[1], c[2]) - min(c[0], c[1], c[2]) <= 1
     assert Counter(schedule(7, [1, 1, 1])) == {0: 3, 1: 2, 2: 2}
+
+
+def test_schedule_goes_on_between_chunks():
+    weights = [1, 2, 5]
+    s = Schedule(weights)
+    chunks = s.take(0, 5) + s.take(5, 12)
+    assert chunks == Schedule(weights).take(0, 12) and [i for i, _ in chunks] == schedule(12, weights)
+    assert s.take(3, 6) == chunks[3:6]  # earlier positions again: the same answer
+    assert [slot for i, slot in chunks if i == 2] == list(range(sum(1 for i, _ in chunks if i == 2)))
+
+
+def test_leaf_calls_locate_samples_and_exhaust_after_empty_calls():
+    calls = LeafCalls()
+    for c, n in [(0, 2), (2, 0), (1, 1)]:  # replayed out of order
+        calls.add(c, n)
+    assert calls.samples == 3 and calls.locate(1) == (0, 1) and calls.locate(2) == (1, 0) and calls.locate(3) is None
+    calls.add(3, 0)
+    calls.add(4, 0)  # calls 2-4 empty: exhausted, so later calls' samples never count
+    calls.add(5, 4)
+    assert calls.usable == 5 and calls.samples == 3 and calls.locate(3) is None
 
 
 def test_exact_size_with_teacher_failures_and_refill(tmp_path, monkeypatch):
