@@ -4,6 +4,7 @@ uninterrupted run record for record."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from conftest import REPO, compose_config
 
 from treesynth.io import read_jsonl
 from treesynth.llm.scripted import ScriptedBackend, request_rng
+from treesynth.methods.base import KeyedLog, gather_logged
 from treesynth.methods.treesynth import LeafCalls, Schedule, schedule
 from treesynth.pipeline import run_stage, stage_dir
 from treesynth.tasks import task_of
@@ -52,6 +54,20 @@ def test_leaf_calls_locate_samples_and_exhaust_after_empty_calls():
     calls.add(4, 0)  # calls 2-4 empty: exhausted, so later calls' samples never count
     calls.add(5, 4)
     assert calls.usable == 5 and calls.samples == 3 and calls.locate(3) is None
+
+
+def test_gather_logged_logs_every_finished_call_in_call_order_then_raises(tmp_path):
+    async def call(c: int) -> dict:
+        await asyncio.sleep(0.01 * (4 - c))  # they finish in reverse order
+        if c == 1:
+            raise RuntimeError("budget")
+        return {"call": c}
+
+    log, kept = KeyedLog(tmp_path / "calls.jsonl", "call"), []
+    with pytest.raises(RuntimeError, match="budget"):
+        asyncio.run(gather_logged((call(c) for c in range(4)), log, keep=kept.append))
+    # the calls that came back are on disk (the buffered log was closed), in call order
+    assert [r["call"] for r in read_jsonl(tmp_path / "calls.jsonl")] == [0, 2, 3] == [r["call"] for r in kept]
 
 
 def test_exact_size_with_teacher_failures_and_refill(tmp_path, monkeypatch):
