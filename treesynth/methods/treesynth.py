@@ -187,7 +187,8 @@ class TreeSynth(Method):
     async def fill(self, need: dict[str, int]) -> None:
         """Make every leaf (id -> count) hold at least `count` samples, or be exhausted: the missing calls
         of all leaves run concurrently, in rounds (samples a round's calls did not bring are asked for by
-        the next)."""
+        the next; a leaf whose calls bring fewer than samples_per_call gets as many more calls as its
+        yield so far says it needs, so a weak generator costs few rounds)."""
         tree, k = self.tree, self.t.samples_per_call
         assert tree is not None
         while True:
@@ -195,7 +196,9 @@ class TreeSynth(Method):
             for leaf_id, count in need.items():
                 calls = self._leaf_calls(leaf_id)
                 if calls.usable is None and calls.samples < count:
-                    todo += [(leaf_id, calls.made + j) for j in range(math.ceil((count - calls.samples) / k))]
+                    per_call = calls.samples / calls.made if calls.samples else k
+                    n = math.ceil((count - calls.samples) / per_call)
+                    todo += [(leaf_id, calls.made + j) for j in range(n)]
             if not todo:
                 return
             # appended in call order: the checkpoint replays the same sample order
