@@ -14,7 +14,7 @@ from treesynth.benchmarks import benchmark
 from treesynth.io import read_jsonl
 from treesynth.llm import LLM
 from treesynth.methods import hygiene
-from treesynth.methods.verify import extract_answer, verify_records
+from treesynth.methods.verify import Verifier, extract_answer
 from treesynth.pipeline import run_stage, stage_dir
 from treesynth.tasks import task_of
 from treesynth.testing.scripted import ScriptedBackend
@@ -96,11 +96,11 @@ def test_self_consistency_keeps_majority_agreement(tmp_path):
     cfg = compose_config(["task=gsm8k", "data.verify.enabled=true", "data.verify.k=3"], tmp_path)
     llm = LLM(ScriptedBackend(responder=teacher))
     recs = [_rec(0, "What is three plus four, spelled seven?", "x\n#### 7"), _rec(1, "What is one plus two?", "x\n#### 4")]
-    kept, counts = asyncio.run(verify_records(recs, llm, task_of(cfg), cfg, tmp_path))
+    kept, counts = asyncio.run(Verifier(llm, task_of(cfg), cfg, tmp_path).run(recs))
     assert [r["id"] for r in kept] == ["0"]
     assert counts["verify_kind"] == "self_consistency" and counts["verify_fail_reasons"] == {"majority_disagrees": 1}
     calls = llm.backend.calls
-    asyncio.run(verify_records(recs, llm, task_of(cfg), cfg, tmp_path))  # replayed from verify.jsonl
+    asyncio.run(Verifier(llm, task_of(cfg), cfg, tmp_path).run(recs))  # replayed from verify.jsonl
     assert llm.backend.calls == calls and (tmp_path / "verify.jsonl").exists()
 
 
@@ -116,7 +116,7 @@ def test_code_verification_runs_asserts_in_the_sandbox(tmp_path):
     recs = [_rec(0, "add", block("def add(a, b):\n    return a + b\nassert add(2, 3) == 5")),
             _rec(1, "sub", block("def sub(a, b):\n    return a + b\nassert sub(5, 3) == 2")),
             _rec(2, "double", block("def double(x):\n    return 2 * x"))]
-    kept, counts = asyncio.run(verify_records(recs, LLM(ScriptedBackend(responder=teacher)),
-                                              task_of(cfg), cfg, Path(tmp_path)))
+    kept, counts = asyncio.run(Verifier(LLM(ScriptedBackend(responder=teacher)), task_of(cfg), cfg,
+                                        Path(tmp_path)).run(recs))
     assert [r["id"] for r in kept] == ["0", "2"]
     assert counts["verify_kind"] == "execute" and counts["verify_fail_reasons"] == {"tests_failed": 1}

@@ -272,7 +272,7 @@ def test_lm_eval_scoring_runs_code_in_bwrap(tmp_path, monkeypatch):
 
 def test_verify_runs_executed_tests_in_bwrap(tmp_path):
     from treesynth.llm import LLM
-    from treesynth.methods.verify import verify_records
+    from treesynth.methods.verify import Verifier
     from treesynth.tasks import task_of
     from treesynth.testing.scripted import ScriptedBackend
 
@@ -281,7 +281,7 @@ def test_verify_runs_executed_tests_in_bwrap(tmp_path):
     rec = {"id": "0", "task": "code_alpaca", "method": "t", "prompt": "add", "meta": {},
            "completion": f"```python\n{code}\n```"}
     cfg = compose_config(["task=code_alpaca", "data.verify.enabled=true"], tmp_path)
-    kept, counts = asyncio.run(verify_records([rec], LLM(ScriptedBackend()), task_of(cfg), cfg, tmp_path))
+    kept, counts = asyncio.run(Verifier(LLM(ScriptedBackend()), task_of(cfg), cfg, tmp_path).run([rec]))
     assert kept == [] and counts["verify_fail_reasons"] == {"tests_failed": 1} and not target.exists()
 
 

@@ -1,8 +1,10 @@
-"""The synthesis stage on the scripted backend: exact sizing with refills, artifacts, plan mode, and a
-SIGKILL mid-run followed by a rerun that matches an uninterrupted run record for record."""
+"""The synthesis stage on the scripted backend: exact sizing with refills, artifacts, plan mode, the same
+records whatever the chunking of the stream, and a SIGKILL mid-run followed by a rerun that matches an
+uninterrupted run record for record."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -17,7 +19,8 @@ import pytest
 from conftest import REPO, compose_config
 
 from treesynth.io import read_jsonl
-from treesynth.methods.treesynth import schedule
+from treesynth.methods.base import KeyedLog, gather_logged
+from treesynth.methods.treesynth import LeafCalls, Schedule, schedule
 from treesynth.pipeline import run_stage, stage_dir
 from treesynth.tasks import task_of
 from treesynth.testing.scripted import ScriptedBackend, request_rng
@@ -31,6 +34,40 @@ def test_schedule_prefixes_are_even_and_weighted():
     c = Counter(order)
     assert c[3] > 3 * c[0] and max(c[0], c[1], c[2]) - min(c[0], c[1], c[2]) <= 1
     assert Counter(schedule(7, [1, 1, 1])) == {0: 3, 1: 2, 2: 2}
+
+
+def test_schedule_goes_on_between_chunks():
+    weights = [1, 2, 5]
+    s = Schedule(weights)
+    chunks = s.take(0, 5) + s.take(5, 12)
+    assert chunks == Schedule(weights).take(0, 12) and [i for i, _ in chunks] == schedule(12, weights)
+    assert s.take(3, 6) == chunks[3:6]  # earlier positions again: the same answer
+    assert [slot for i, slot in chunks if i == 2] == list(range(sum(1 for i, _ in chunks if i == 2)))
+
+
+def test_leaf_calls_locate_samples_and_exhaust_after_empty_calls():
+    calls = LeafCalls()
+    for c, n in [(0, 2), (2, 0), (1, 1)]:  # replayed out of order
+        calls.add(c, n)
+    assert calls.samples == 3 and calls.locate(1) == (0, 1) and calls.locate(2) == (1, 0) and calls.locate(3) is None
+    calls.add(3, 0)
+    calls.add(4, 0)  # calls 2-4 empty: exhausted, so later calls' samples never count
+    calls.add(5, 4)
+    assert calls.usable == 5 and calls.samples == 3 and calls.locate(3) is None
+
+
+def test_gather_logged_logs_every_finished_call_in_call_order_then_raises(tmp_path):
+    async def call(c: int) -> dict:
+        await asyncio.sleep(0.01 * (4 - c))  # they finish in reverse order
+        if c == 1:
+            raise RuntimeError("budget")
+        return {"call": c}
+
+    log, kept = KeyedLog(tmp_path / "calls.jsonl", "call"), []
+    with pytest.raises(RuntimeError, match="budget"):
+        asyncio.run(gather_logged((call(c) for c in range(4)), log, keep=kept.append))
+    # the calls that came back are on disk (the buffered log was closed), in call order
+    assert [r["call"] for r in read_jsonl(tmp_path / "calls.jsonl")] == [0, 2, 3] == [r["call"] for r in kept]
 
 
 def test_exact_size_with_teacher_failures_and_refill(tmp_path, monkeypatch):
@@ -73,6 +110,59 @@ def test_plan_only_runs_nothing(tmp_path, capsys):
     assert plan["teacher_calls"]["expected"] == 24
     assert "nothing was run" in capsys.readouterr().out
     assert not (stage_dir(cfg, "synthesize") / "data.jsonl").exists()
+
+
+STREAMING = {
+    "temperature": ["method=temperature", "method.samples_per_call=2"],
+    "treesynth": ["method=treesynth", *BASE[2:]],
+    "evol_instruct": ["method=evol_instruct"],
+    "persona_hub": ["method=persona_hub"],
+}
+
+
+@pytest.mark.parametrize("method", sorted(STREAMING))
+def test_chunked_stream_gives_the_records_of_one_chunk(tmp_path, monkeypatch, method):
+    # Half the generation calls bring no valid sample: leaves come up short and refill (some run
+    # dry), evolutions are eliminated, positions are skipped; the chunks' edges must not show in the data.
+    orig = ScriptedBackend.default_response
+    lost = []
+
+    def lossy(self, request):
+        if (request.json_schema or {}).get("title") == "samples" and request_rng(request).random() < 0.5:
+            lost.append(request)
+            return "{}"
+        return orig(self, request)
+
+    monkeypatch.setattr(ScriptedBackend, "default_response", lossy)
+    runs = {}
+    for chunk in (3, 4096):
+        cfg = compose_config(["llm=scripted", "stages=[synthesize]", *STREAMING[method], "data.size=30",
+                              f"data.runtime.chunk={chunk}", "data.hygiene.decontaminate=false"], tmp_path / str(chunk))
+        run_stage(cfg, "synthesize")
+        runs[chunk] = read_jsonl(stage_dir(cfg, "synthesize") / "data.jsonl")
+    assert lost and len(runs[3]) == 30 and runs[3] == runs[4096]
+
+
+def test_verification_runs_once_per_record_across_batches_and_reruns(tmp_path, monkeypatch):
+    # A teacher whose answers agree on every vote: records verify; chunks of 4 make several batches.
+    orig = ScriptedBackend.default_response
+
+    def agreeing(self, request):
+        if (request.json_schema or {}).get("title") == "response":
+            return json.dumps({"reasoning": "counting carefully", "answer": "7"})
+        return orig(self, request)
+
+    monkeypatch.setattr(ScriptedBackend, "default_response", agreeing)
+    args = ["llm=scripted", "stages=[synthesize]", "method=temperature", "data.size=12", "data.runtime.chunk=4",
+            "data.verify.enabled=true", "data.verify.k=2", "data.hygiene.decontaminate=false"]
+    cfg = compose_config(args, tmp_path)
+    metrics = run_stage(cfg, "synthesize")
+    out = stage_dir(cfg, "synthesize")
+    outcomes = read_jsonl(out / "verify.jsonl")
+    assert metrics["verify_checked"] == len(outcomes) == len({o["id"] for o in outcomes}) >= 12
+    (out / "stage.json").unlink()
+    again = run_stage(compose_config(args, tmp_path), "synthesize")  # every outcome replayed, no call made
+    assert again["llm"]["calls"] == 0 and again["verify_checked"] == metrics["verify_checked"]
 
 
 def _run_py(args: list[str], cwd: Path) -> subprocess.Popen:

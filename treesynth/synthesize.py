@@ -42,7 +42,7 @@ from treesynth.llm import LLM, Budget, BudgetExceeded, build_llm, price_of
 from treesynth.methods import Method, MethodEnv, method_class
 from treesynth.methods.base import PromptRecord
 from treesynth.methods.hygiene import Hygiene
-from treesynth.methods.verify import verify_records
+from treesynth.methods.verify import Verifier
 from treesynth.profiles import used_profiles
 from treesynth.progress import Progress
 from treesynth.progress import configure as configure_progress
@@ -68,13 +68,6 @@ async def apply_hygiene(prompts: list[PromptRecord], hygiene: Hygiene) -> list[P
         if i % 32 == 31:
             await asyncio.sleep(0)
     return kept
-
-
-async def apply_verify(records: list[dict], teacher: LLM, env: MethodEnv, cfg: DictConfig) -> tuple[list[dict], dict]:
-    """Answer verification (data.verify, off by default)."""
-    if not cfg.data.verify.enabled:
-        return records, {}
-    return await verify_records(records, teacher, env.task, cfg, env.work_dir)
 
 
 def key_inputs(cfg: DictConfig) -> dict[str, Any]:
@@ -262,6 +255,8 @@ async def _fill(method: Method, teacher: LLM, cfg: DictConfig, size: int, data_p
     env = method.env
     responses = response_log(env.work_dir / "responses.jsonl")
     hygiene = Hygiene(cfg)
+    # answer verification (data.verify, off by default): one verifier for the stage, its log read by id
+    verifier = Verifier(teacher, env.task, cfg, env.work_dir) if cfg.data.verify.enabled else None
     extra_meta = {"seed": env.seed, "generator": env.llm.model, "teacher": teacher.model}
     chunk_max = int(cfg.data.runtime.chunk)
     max_positions = MAX_POSITIONS_PER_RECORD * size
@@ -311,7 +306,7 @@ async def _fill(method: Method, teacher: LLM, cfg: DictConfig, size: int, data_p
                         r = to_row(p, completion, task, method_name, extra_meta)
                         if hygiene.check_completion(r) is None:
                             rows.append(r)
-                    rows, verified = await apply_verify(rows, teacher, env, cfg)
+                    rows, verified = await verifier.run(rows) if verifier is not None else (rows, {})
                     verification.update({k: v for k, v in verified.items() if isinstance(v, int | float)})
                     for r in rows[: size - kept]:
                         data.write(json.dumps(r, ensure_ascii=False) + "\n")

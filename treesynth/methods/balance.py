@@ -17,7 +17,6 @@ Outputs: balance_report.json / .md (per-leaf counts before and after), routing.j
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import random
@@ -29,7 +28,7 @@ from typing import Any
 from treesynth.errors import TreesynthError
 from treesynth.io import atomic_write_json, atomic_write_text, read_jsonl
 from treesynth.llm import ChatRequest, derive_seed
-from treesynth.methods.base import Checkpoint, Method, MethodEnv, PromptRecord
+from treesynth.methods.base import Checkpoint, Method, MethodEnv, PromptRecord, gather_logged
 from treesynth.methods.treesynth import TreeSynth
 from treesynth.prompts import render
 from treesynth.tree.node import Node, Tree
@@ -106,12 +105,8 @@ class TreeSynthBalance(Method):
 
     async def route_all(self, tree: Tree) -> None:
         todo = [(self._key(i, r), r) for i, r in enumerate(self.source) if self._key(i, r) not in self.routed]
-        try:
-            for row in await asyncio.gather(*(self.route(tree, r, k) for k, r in todo)):
-                self.routed[row["id"]] = row
-                self.routes.append(row)
-        finally:
-            self.routes.close()
+        await gather_logged((self.route(tree, r, k) for k, r in todo), self.routes,
+                            keep=lambda row: self.routed.update({row["id"]: row}))
 
     def buckets(self, tree: Tree) -> dict[str, list[int]]:
         """Bucket (leaf id or `unrouted`) -> source record indices, seeded order."""
@@ -145,15 +140,12 @@ class TreeSynthBalance(Method):
         # Refill beyond the base plan: extra synthesized samples, spread over the leaves.
         extra = Counter(list(leaves)[j % len(leaves)] for j in range(max(0, n - base)))
         want = {b: deficit[b] + extra[b] for b in leaves}
-        try:
-            await asyncio.gather(*(self.engine.fill_leaf(leaves[b], want[b]) for b in leaves if want[b] > 0))
-        finally:
-            self.engine.log.close()
+        await self.engine.fill({b: want[b] for b in leaves if want[b] > 0})
         lanes: dict[str, list[PromptRecord]] = {}
         for b in [*leaves, UNROUTED]:
             lane = [self._source_record(i, b) for i in chosen[b]]
             if b in leaves:
-                samples = self.engine.leaf_samples(b)[: want[b]]
+                samples = self.engine.leaf_samples(b, want[b])
                 lane += [self.engine.leaf_record(tree, leaves[b], s, sample, call)
                          for s, (sample, call) in enumerate(samples)]
             lanes[b] = lane

@@ -5,20 +5,22 @@ n returns the same records first and only generates the missing ones. The shared
 (treesynth/synthesize.py) asks for more positions when the teacher or hygiene drops records, so every
 method gets exact sizing, the teacher step, hygiene and resume for free.
 
-A method checkpoints whatever it generates in `env.work_dir` (append-only logs: treesynth/io.py `Checkpoint`), so a
-killed run resumes without losing or duplicating records; every LLM request carries a seed from
+A method checkpoints whatever it generates in `env.work_dir` (append-only logs: treesynth/io.py `Checkpoint`,
+or `KeyedLog` when read by key; `gather_logged` runs a batch of calls into one), so a killed run resumes
+without losing or duplicating records; every LLM request carries a seed from
 `derive_seed(env.seed, <what it is for>, ...)`, so reruns hit the request cache.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from omegaconf import DictConfig
 
@@ -60,8 +62,8 @@ class Method(ABC):
 
     async def prompts_between(self, start: int, stop: int) -> list[PromptRecord]:
         """The records at stream positions [start, stop): what the stage streams through, one chunk at a
-        time. A method that can generate a range without holding the earlier ones overrides this (the
-        call-based baselines do); the default slices the prefix, which is the same records."""
+        time. A streaming method overrides this so a chunk costs its own positions only (TreeSynth,
+        Evol-Instruct and the call-based baselines do); the default slices the prefix: the same records."""
         before = len(await self.prompts(start)) if start else 0
         return (await self.prompts(stop))[before:]
 
@@ -76,9 +78,11 @@ class Method(ABC):
 
 
 class KeyedLog:
-    """An append-only JSONL checkpoint read by key (`row[key]`) with only key -> byte offset in memory: the
-    rows stay on disk, so a log of a million rows costs a dict of keys. Rows appended since the last
-    `forget()` are also held (the chunk being worked on is read without going to disk).
+    """An append-only JSONL checkpoint read by key (`row[key]`, or the tuple of several fields' values)
+    with only key -> byte offset in memory: the rows stay on disk, so a log of a million rows costs a dict
+    of keys. Rows appended since the last `forget()` are also held (the chunk being worked on is read
+    without going to disk). `on_row` sees every row replayed from disk: a caller's own small index (a count
+    per row, not the row) without reading the file twice.
 
     Appends are group-committed: one write and one fsync per FLUSH_ROWS rows or FLUSH_S seconds (and on
     forget/close), not per row; a fsync per row caps a run at a few hundred rows a second on a busy or
@@ -87,7 +91,7 @@ class KeyedLog:
     FLUSH_ROWS = 64
     FLUSH_S = 0.2
 
-    def __init__(self, path: Path, key: str):
+    def __init__(self, path: Path, key: str | tuple[str, ...], on_row: Callable[[dict], None] | None = None):
         self.path, self.key = path, key
         self.offsets: dict[Any, int] = {}
         self.recent: dict[Any, dict] = {}
@@ -102,8 +106,13 @@ class KeyedLog:
                         row = json.loads(line)
                     except json.JSONDecodeError:
                         break  # a torn last line (killed mid-append): the appender cuts it off
-                    self.offsets[row[key]] = self._size
+                    self.offsets[self.key_of(row)] = self._size
                     self._size += len(line)
+                    if on_row is not None:
+                        on_row(row)
+
+    def key_of(self, row: dict) -> Any:
+        return row[self.key] if isinstance(self.key, str) else tuple(row[k] for k in self.key)
 
     def __contains__(self, k: object) -> bool:
         return k in self.offsets
@@ -133,7 +142,7 @@ class KeyedLog:
 
     def append(self, row: dict) -> None:
         line = encode_line(row)
-        k = row[self.key]
+        k = self.key_of(row)
         self.offsets[k] = self._size
         self.recent[k] = row
         self._size += len(line)
@@ -159,3 +168,32 @@ class KeyedLog:
         if self._appender is not None:
             self._appender.close()
             self._appender = None
+
+
+class AppendLog(Protocol):
+    """What `gather_logged` writes to: a `Checkpoint` or a `KeyedLog`."""
+
+    def append(self, row: dict) -> None: ...
+
+    def close(self) -> None: ...
+
+
+async def gather_logged(calls: Iterable[Awaitable[dict]], log: AppendLog,
+                        keep: Callable[[dict], None] | None = None) -> None:
+    """Run `calls` concurrently, then append the rows they returned to `log` in call order (each handed to
+    `keep` first, e.g. to index it), so a replay of the log sees the same order whatever finished first.
+    A call that raised (a budget stop) does not stop the others: every row that came back is logged before
+    the first error is re-raised, so none is paid for twice. The log is closed on every path (an
+    interrupt too), which writes out what a `KeyedLog` still buffers."""
+    try:
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        for row in results:
+            if not isinstance(row, BaseException):
+                if keep is not None:
+                    keep(row)
+                log.append(row)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+    finally:
+        log.close()

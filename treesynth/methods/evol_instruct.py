@@ -11,12 +11,12 @@ stage refills with later positions.
 Seeds (`method.seeds`): `human` = the task's real training questions (seeded subsample of
 `seed_pool`), `temperature` = temperature-sampled ones, `auto` = human when the training set can be
 loaded, else temperature. Stream position p evolves seed p % seed_pool. Every position's evolution is
-appended to `evol.jsonl`, so a rerun replays it.
+appended to `evol.jsonl`, so a rerun replays it; the log is read by position (`KeyedLog`), so a chunk of
+positions costs its own evolutions and memory holds positions and offsets, not evolutions.
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
 import re
 from collections import Counter
@@ -24,8 +24,9 @@ from typing import Any
 
 from treesynth.datasets import DataUnavailable, load_human
 from treesynth.errors import TreesynthError
+from treesynth.io import iter_jsonl
 from treesynth.llm import derive_seed
-from treesynth.methods.base import Checkpoint, Method, MethodEnv, PromptRecord
+from treesynth.methods.base import KeyedLog, Method, MethodEnv, PromptRecord, gather_logged
 from treesynth.methods.hygiene import normalize
 from treesynth.methods.temperature import Temperature, templated_sample_request
 from treesynth.metrics.diversity import shingles
@@ -82,8 +83,8 @@ class EvolInstruct(Method):
         self.seed_source: str | None = None
         self.human_seeds: list[dict[str, str]] | None = None
         self.sampler: SeedSampler | None = None
-        self.log = Checkpoint(env.work_dir / "evol.jsonl")
-        self.done: dict[int, dict] = {row["pos"]: row for row in self.log.rows()}
+        self.temperature_seeds: dict[int, dict[str, str] | None] = {}  # seed index -> sample (<= seed_pool)
+        self.log = KeyedLog(env.work_dir / "evol.jsonl", "pos")
 
     # ---- seeds ------------------------------------------------------------------------------
     def _load_human_seeds(self) -> list[dict[str, str]] | None:
@@ -115,8 +116,10 @@ class EvolInstruct(Method):
             return self.human_seeds[p % len(self.human_seeds)]
         assert self.sampler is not None
         j = p % self.pool_size
-        got = await self.sampler.positions(j + 1, start=j)
-        return got[j][2] if j in got else None
+        if j not in self.temperature_seeds:
+            got = await self.sampler.positions(j + 1, start=j)
+            self.temperature_seeds[j] = got[j][2] if j in got else None
+        return self.temperature_seeds[j]
 
     # ---- evolution --------------------------------------------------------------------------
     async def evolve(self, p: int) -> dict:
@@ -148,20 +151,20 @@ class EvolInstruct(Method):
         return row
 
     async def prompts(self, n: int) -> list[PromptRecord]:
-        missing = [p for p in range(n) if p not in self.done]
+        return await self.prompts_between(0, n)
+
+    async def prompts_between(self, start: int, stop: int) -> list[PromptRecord]:
+        self.log.forget()  # the stage has moved on: earlier evolutions are read from disk if ever needed
+        missing = [p for p in range(start, stop) if p not in self.log]
         if missing:
             await self.seed_for(0)  # decide the seed source once, before the positions run concurrently
             if self.sampler is not None:  # generate the temperature seeds up front (once, not per position)
                 await self.sampler.ensure(min(max(missing) + 1, self.pool_size))
-            try:
-                for row in await asyncio.gather(*(self.evolve(p) for p in missing)):
-                    self.done[row["pos"]] = row
-                    self.log.append(row)
-            finally:
-                self.log.close()
+            await gather_logged((self.evolve(p) for p in missing), self.log)
+        rows = self.log.get_many(range(start, stop))
         out = []
-        for p in range(n):
-            row = self.done[p]
+        for p in range(start, stop):
+            row = rows[p]
             if row["sample"] is not None:
                 ops = [x["operation"] for x in row["rounds"] if x["eliminated"] is None]
                 out.append(PromptRecord(
@@ -176,11 +179,16 @@ class EvolInstruct(Method):
                 "teacher_calls": {"expected": size}, "rounds": self.rounds}
 
     def finalize(self, records: list[dict]) -> dict[str, Any]:
-        reasons = Counter(x["eliminated"] for row in self.done.values() for x in row["rounds"])
+        reasons: Counter = Counter()
+        source, without = self.seed_source, 0
+        for row in iter_jsonl(self.log.path) if self.log.path.exists() else ():  # every position evolved, from disk
+            reasons.update(x["eliminated"] for x in row["rounds"])
+            source = source or row["seed_source"]
+            without += row["sample"] is None
         return {
-            "evol_seed_source": self.seed_source or next((r["seed_source"] for r in self.done.values()), None),
+            "evol_seed_source": source,
             "evolutions": sum(reasons.values()),
             "evolutions_kept": reasons.pop(None, 0),
             "evolutions_eliminated": dict(reasons),
-            "positions_without_evolution": sum(1 for r in self.done.values() if r["sample"] is None),
+            "positions_without_evolution": without,
         }

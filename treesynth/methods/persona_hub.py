@@ -60,23 +60,28 @@ class PersonaHub(CallStream):
         self.source: str | None = None
         self.pool: list[str | None] = []
         self.tried: set[int] = set()  # LLM pool: indices already asked for (a failed one stays None)
+        self.texts: list[str] | None = None  # LLM pool: what text-to-persona reads (loaded once)
         if self.pool_path.exists():  # resume: the same pool, not a fresh draw
             doc = json.loads(self.pool_path.read_text(encoding="utf-8"))
             self.source, self.pool, self.tried = doc["source"], doc["personas"], set(doc.get("tried", []))
         self._lock = asyncio.Lock()
 
     async def _ensure_pool(self, calls: list[int] = ()) -> None:
-        """Pick the source once; an LLM pool is written lazily, only the personas `calls` use."""
+        """Pick the source once; an LLM pool is written lazily, only the personas `calls` use. A chunk whose
+        personas all exist costs nothing here (personas.json is rewritten only when the pool changed)."""
         async with self._lock:
+            changed = self.source is None
             if self.source is None:
                 source, pool = self._given_pool()
                 self.source, self.pool = source, pool if pool is not None else [None] * self.pool_size
             todo = sorted({c % len(self.pool) for c in calls} - self.tried) if self.source == "llm" else []
-            for i, persona in zip(todo, await self._llm_personas(todo), strict=True):
-                self.pool[i] = persona
-                self.tried.add(i)
-            atomic_write_json(self.pool_path, {"source": self.source, "personas": self.pool,
-                                               "tried": sorted(self.tried)})
+            if todo:
+                for i, persona in zip(todo, await self._llm_personas(todo), strict=True):
+                    self.pool[i] = persona
+                    self.tried.add(i)
+            if changed or todo:
+                atomic_write_json(self.pool_path, {"source": self.source, "personas": self.pool,
+                                                   "tried": sorted(self.tried)})
 
     def _given_pool(self) -> tuple[str, list[str | None] | None]:
         rng = random.Random(derive_seed(self.env.seed, "personas"))
@@ -94,20 +99,27 @@ class PersonaHub(CallStream):
             raise TreesynthError(f"no personas in the {source} source")
         return source, list(rng.sample(personas, min(self.pool_size, len(personas))))
 
-    async def _llm_personas(self, indices: list[int]) -> list[str | None]:
-        """Text-to-persona over the task's training questions (or its description); a failed call
-        leaves None (calls using that persona are skipped and refilled)."""
+    def _persona_texts(self) -> list[str]:
+        """What text-to-persona reads: a seeded sample of the task's training questions, else its description."""
         task = self.env.task
-        texts = [task.description]
         if task.human:
             try:
                 rows = load_human(task.name, task.human, self.env.root_cfg.data.dir)
                 rng = random.Random(derive_seed(self.env.seed, "persona_texts"))
                 picked = rng.sample(rows, min(self.pool_size, len(rows)))
                 texts = [task.build_prompt({f.name: str(r.get(f.name, "")) for f in task.fields}) for r in picked]
-                texts = [t for t in texts if t.strip()] or [task.description]
+                return [t for t in texts if t.strip()] or [task.description]
             except DataUnavailable:
                 pass
+        return [task.description]
+
+    async def _llm_personas(self, indices: list[int]) -> list[str | None]:
+        """Text-to-persona over the task's training questions (or its description); a failed call
+        leaves None (calls using that persona are skipped and refilled)."""
+        task = self.env.task
+        if self.texts is None:
+            self.texts = self._persona_texts()
+        texts = self.texts
 
         async def one(i: int) -> str | None:
             req = ChatRequest.user(render("persona_from_text", text=texts[i % len(texts)]), temperature=1.0,

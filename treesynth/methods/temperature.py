@@ -11,13 +11,12 @@ calls of the chunk the stage is working on, so a million-record stream runs in f
 
 from __future__ import annotations
 
-import asyncio
 import math
 from abc import abstractmethod
 from typing import Any
 
 from treesynth.llm import ChatRequest, derive_seed
-from treesynth.methods.base import KeyedLog, Method, MethodEnv, PromptRecord
+from treesynth.methods.base import KeyedLog, Method, MethodEnv, PromptRecord, gather_logged
 from treesynth.prompts import render
 from treesynth.settings import TemperatureMethod, load
 from treesynth.tasks import TaskSpec
@@ -64,18 +63,8 @@ class CallStream(Method):
         """Make every call behind positions [start, n) exist (run the missing ones concurrently). Calls that
         finished are logged even when another one raised (a budget stop): none is paid for twice."""
         missing = [c for c in range(start // self.k, math.ceil(n / self.k)) if c not in self.calls]
-        if not missing:
-            return
-        try:
-            rows = await asyncio.gather(*(self.call(c) for c in missing), return_exceptions=True)
-            for row in rows:  # appended in call order
-                if not isinstance(row, BaseException):
-                    self.calls.append(row)
-            errors = [r for r in rows if isinstance(r, BaseException)]
-            if errors:
-                raise errors[0]
-        finally:
-            self.calls.close()
+        if missing:
+            await gather_logged((self.call(c) for c in missing), self.calls)
 
     async def positions(self, n: int, start: int = 0) -> dict[int, tuple[dict, int, dict]]:
         """Stream position -> (call row, slot, sample) for the positions in [start, n) that succeeded."""

@@ -9,8 +9,9 @@ extraction is treesynth/answers.py's, the code the evaluation scores with:
   `eval.sandbox`) with its own asserts, or, when it has none, with `tests` assert lines the teacher
   writes; kept when it exits 0.
 - benchmarks without `verify:`: nothing to check; records pass through (`verify_skipped`).
-`verify_records` is called on every refill round with all surviving records: outcomes are checkpointed
-per record id in `verify.jsonl` (and the LLM calls cached), so each record is verified once.
+The stage keeps one `Verifier` and runs it on every batch of surviving records: outcomes are checkpointed
+per record id in `verify.jsonl` (read by id: memory holds ids and offsets; the LLM calls are cached), so
+each record is verified once, also across a kill and a rerun.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from omegaconf import DictConfig
 from evaluation import sandbox
 from treesynth import answers
 from treesynth.benchmarks import Benchmark, benchmark
-from treesynth.io import Checkpoint
 from treesynth.llm import LLM, ChatRequest, derive_seed
+from treesynth.methods.base import KeyedLog, gather_logged
 from treesynth.prompts import render
 from treesynth.settings import Verify as VerifySettings
 from treesynth.settings import load
@@ -83,8 +84,7 @@ class Verifier:
         self.kind = kind_for(task, self.v.kind)
         self.bench = verified_benchmark(task)
         self.sandbox_mode = str(cfg.eval.sandbox)  # one setting for all generated code
-        self.log = Checkpoint(work_dir / "verify.jsonl")
-        self.done = {r["id"]: r for r in self.log.rows()}
+        self.log = KeyedLog(work_dir / "verify.jsonl", "id")
 
     async def self_consistency(self, r: dict) -> dict:
         own = extract_answer(r["completion"], self.bench, self.task.answer.format)
@@ -135,23 +135,14 @@ class Verifier:
             return records, {**counts, "verify_skipped": len(records)}
         if self.kind == "execute":
             sandbox.require_sandbox(self.sandbox_mode)  # one line on what to install, before any record runs
-        todo = [r for r in records if r["id"] not in self.done]
-        try:
-            check = self.self_consistency if self.kind == "self_consistency" else self.execute
-            for row in await asyncio.gather(*(check(r) for r in todo)):
-                self.done[row["id"]] = row
-                self.log.append(row)
-        finally:
-            self.log.close()
-        outcomes = [self.done[r["id"]] for r in records]
+        self.log.forget()  # outcomes of earlier batches stay on disk
+        todo = [r for r in records if r["id"] not in self.log]
+        check = self.self_consistency if self.kind == "self_consistency" else self.execute
+        await gather_logged((check(r) for r in todo), self.log)
+        done = self.log.get_many(r["id"] for r in records)
+        outcomes = [done[r["id"]] for r in records]
         kept = [r for r, o in zip(records, outcomes, strict=True) if o["ok"]]
         reasons = Counter(o["reason"] for o in outcomes if not o["ok"])
         return kept, {**counts, "verify_checked": len(records), "verify_failed": len(records) - len(kept),
                       "verify_fail_reasons": dict(reasons)}
 
-
-async def verify_records(records: list[dict], teacher: LLM, task: TaskSpec, cfg: DictConfig,
-                         work_dir: Path) -> tuple[list[dict], dict[str, Any]]:
-    """The hook synthesize.py calls after hygiene (only when data.verify.enabled). Each call replays
-    verify.jsonl, so records verified in an earlier refill round (or a killed run) are not redone."""
-    return await Verifier(teacher, task, cfg, work_dir).run(records)
