@@ -109,14 +109,25 @@ class JsonlAppender:
             raise write_failed(self.path, e) from e
 
     def _repair(self) -> None:
-        # Drop a torn trailing line so the next append starts on a fresh line.
+        # Drop a torn trailing line so the next append starts on a fresh line. Only the tail is read (a log
+        # reopened per chunk of a million-record run must not be read whole each time).
         if not self.path.exists():
             return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            cut = data.rfind(b"\n") + 1
-            with open(self.path, "r+b") as f:
-                f.truncate(cut)
+        with open(self.path, "r+b") as f:
+            end = f.seek(0, os.SEEK_END)
+            pos = end
+            while pos > 0:
+                step = min(pos, 1 << 16)
+                f.seek(pos - step)
+                block = f.read(step)
+                if pos == end and block.endswith(b"\n"):
+                    return  # the common case: one 64 KiB read
+                if (nl := block.rfind(b"\n")) >= 0:
+                    f.truncate(pos - step + nl + 1)
+                    return
+                pos -= step
+            if end:
+                f.truncate(0)  # one torn line and nothing before it
 
     def append(self, row: dict) -> None:
         self.append_lines([encode_line(row)])
