@@ -18,6 +18,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from treesynth.io import read_jsonl
+from treesynth.paths import artifact_cache
 from treesynth.testing.scripted import WORDS, instance
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,7 +103,7 @@ class RunState:
 
     @classmethod
     def read(cls, stage: Path) -> RunState:
-        cache_db = stage.parents[1] / ".cache" / "llm" / "requests.sqlite"  # synthesize.request_cache_dir
+        cache_db = artifact_cache(stage.parents[1], "llm") / "requests.sqlite"
         db = sqlite3.connect(f"file:{cache_db}?mode=ro", uri=True)
         try:
             cache = dict(db.execute("SELECT key, value FROM completions").fetchall())

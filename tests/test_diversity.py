@@ -258,7 +258,7 @@ def test_stage_and_compare_on_real_minilm(make_cfg, tmp_path, monkeypatch):
     other = {"x": [QUESTIONS["0.1"][0], QUESTIONS["0.1"][0].replace("12", "15")] * 3}
     write_dataset(tmp_path / "temp.jsonl", "temperature", other)
     rc = compare.main([str(tmp_path / "cmp"), str(syn / "data.jsonl"), str(tmp_path / "temp.jsonl"),
-                       "--self-bleu-sample", "6", "--cache-dir", str(tmp_path / "artifacts" / "embeddings")])
+                       "--self-bleu-sample", "6", "--cache-dir", str(tmp_path / "artifacts" / ".cache" / "embeddings")])
     assert rc == 0
     rows = {r["method"]: r for r in csv.DictReader((tmp_path / "cmp" / "diversity.csv").open())}
     assert set(rows) == {"treesynth", "temperature"}

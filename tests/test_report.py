@@ -242,4 +242,4 @@ def test_tsne_from_run_data(tmp_path: Path) -> None:
     md = report.build_report(tmp_path / "runs", tmp_path / "out").read_text()
     png = tmp_path / "out" / "tsne_gen-7b_gsm8k.png"
     assert png.read_bytes()[:4] == b"\x89PNG" and "![tsne_gen-7b_gsm8k]" in md
-    assert len(list((tmp_path / "artifacts" / "embeddings").glob("*.f16.npy"))) == 3  # cached for the next report
+    assert len(list((tmp_path / "artifacts" / ".cache" / "embeddings").glob("*.f16.npy"))) == 3  # cached for the next report

@@ -6,20 +6,16 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from pathlib import Path
 
 from treesynth.errors import TreesynthError
 from treesynth.io import file_lock
+from treesynth.paths import user_cache
 
 log = logging.getLogger("treesynth")
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
 EMBEDDED_ALIASES = {"embedded", "smollm2_135m", EMBEDDED_NAME}
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("TREESYNTH_CACHE", Path.home() / ".cache" / "treesynth")).expanduser()
 
 
 def embedded_gguf() -> Path:
@@ -35,7 +31,7 @@ def embedded_gguf() -> Path:
 
 def embedded_model_dir() -> Path:
     """Dequantized HF directory of the embedded model, converted on first use (about 25 s)."""
-    out = cache_root() / "models" / EMBEDDED_NAME
+    out = user_cache() / "models" / EMBEDDED_NAME
     if (out / "config.json").exists() and (out / "tokenizer_config.json").exists():
         return out
     with file_lock(str(out) + ".lock"):

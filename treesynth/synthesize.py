@@ -43,6 +43,7 @@ from treesynth.methods import Method, MethodEnv, method_class
 from treesynth.methods.base import PromptRecord
 from treesynth.methods.hygiene import Hygiene
 from treesynth.methods.verify import Verifier
+from treesynth.paths import artifact_cache
 from treesynth.profiles import used_profiles
 from treesynth.progress import Progress
 from treesynth.progress import configure as configure_progress
@@ -103,7 +104,7 @@ def describe_profiles(task: TaskSpec) -> str:
 
 def request_cache_dir(cfg: DictConfig) -> Path:
     """Shared by every run under the same artifacts root: a killed run's finished calls are reused."""
-    return Path(cfg.paths.artifacts) / ".cache" / "llm"
+    return artifact_cache(cfg.paths.artifacts, "llm")
 
 
 def to_row(p: PromptRecord, completion: str, task: str, method: str, extra_meta: dict[str, Any]) -> dict:

@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from treesynth.datasets import DataUnavailable, benchmark_sources, load_source, source_fingerprint
 from treesynth.io import atomic_write_bytes
 from treesynth.metrics.diversity import shingles
+from treesynth.paths import artifact_cache
 from treesynth.settings import Hygiene as HygieneSettings
 from treesynth.settings import load
 
@@ -115,7 +116,7 @@ def data_dir_of(cfg: DictConfig) -> str | None:
 
 
 def cache_dir_of(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.artifacts) / ".cache" / "decontam"
+    return artifact_cache(cfg.paths.artifacts, "decontam")
 
 
 # ---------------------------------------------------------------- deduplication

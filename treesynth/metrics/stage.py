@@ -22,6 +22,7 @@ from treesynth.io import atomic_write_json, read_jsonl
 from treesynth.metrics import diversity as dv
 from treesynth.metrics.embed import cached_embeddings, model_name
 from treesynth.metrics.plots import MAX_GROUPS, plot_tsne
+from treesynth.paths import artifact_cache
 from treesynth.settings import Diversity, load
 
 log = logging.getLogger("treesynth")
@@ -132,7 +133,7 @@ def run(ctx: Any) -> dict:
     batch = d.runtime.batch_size
 
     t0 = time.time()
-    emb, cache_file = cached_embeddings(texts, name, Path(cfg.paths.artifacts) / "embeddings", batch)
+    emb, cache_file = cached_embeddings(texts, name, artifact_cache(cfg.paths.artifacts, "embeddings"), batch)
     seconds_embed = time.time() - t0
     link = ctx.dir / "embeddings.f16.npy"
     if not link.exists():

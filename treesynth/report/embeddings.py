@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from treesynth.io import iter_jsonl
+from treesynth.paths import artifact_cache
 from treesynth.report.collect import Run, generator_name
 from treesynth.report.layout import ANY, method_rank, row_label
 from treesynth.report.plots import safe_name
@@ -40,7 +41,7 @@ def _embeddings(run: Run, data: Path) -> Any:
     for folder in ([Path(div_dir), Path(div_dir) / "embeddings"] if div_dir else []):
         if (folder / f"{key}.f16.npy").exists():
             return np.load(folder / f"{key}.f16.npy")[keep]
-    store = Path(str(run.cfg("paths.artifacts", data.parent.parent))) / "embeddings"
+    store = artifact_cache(str(run.cfg("paths.artifacts", data.parent.parent)), "embeddings")
     return cached_embeddings([texts[i] for i in keep], model, store)[0]
 
 
