@@ -142,10 +142,10 @@ class _RowStop(StoppingCriteria):
 
 
 @dataclass
-class _Runtime:
-    batch_size: int = 16
-    device: str = "auto"
-    max_wait_ms: float = 20
+class _Runtime:  # conf/llm/embedded.yaml holds the values (parse_runtime requires each)
+    batch_size: int
+    device: str
+    max_wait_ms: float
 
 
 class _Loaded:

@@ -20,13 +20,13 @@ log = logging.getLogger("treesynth")
 
 
 @dataclass
-class _Runtime:
-    batch_size: int = 256  # vLLM schedules internally; bigger batches only help it
-    max_wait_ms: float = 20
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
-    max_model_len: int | None = None
-    dtype: str = "auto"
+class _Runtime:  # conf/llm/vllm.yaml holds the values (parse_runtime requires each)
+    batch_size: int
+    max_wait_ms: float
+    tensor_parallel_size: int
+    gpu_memory_utilization: float
+    max_model_len: int | None
+    dtype: str
 
 
 def structured_output_kwargs(vllm_sampling_params: Any, schema: dict) -> dict[str, Any]:
