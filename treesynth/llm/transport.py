@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import json
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
+import orjson  # ~10x faster than json on request and response bodies: a twentieth of a request's CPU
 
 
 class HTTPError(Exception):
@@ -34,7 +34,7 @@ class Transport:
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max_connections),
-            headers={"Authorization": f"Bearer {key}"},
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
             # No proxy/netrc lookup: aiohttp does it in a thread per request (two executor hops).
             trust_env=False,
             cookie_jar=aiohttp.DummyCookieJar(),  # an API sets no cookies; the jar's bookkeeping is per request
@@ -43,7 +43,8 @@ class Transport:
     async def request(self, method: str, path: str, body: dict | None = None, timeout_s: float | None = None) -> Any:
         timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s else self.timeout
         try:
-            async with self.session.request(method, self.url + path, json=body, timeout=timeout) as r:
+            data = None if body is None else orjson.dumps(body)
+            async with self.session.request(method, self.url + path, data=data, timeout=timeout) as r:
                 raw = await r.read()
                 if r.status >= 400:
                     raise HTTPError("status", r.status, error_message(raw), retry_after_s(r.headers))
@@ -52,8 +53,8 @@ class Transport:
         except aiohttp.ClientError as e:
             raise HTTPError("connection", message=str(e) or type(e).__name__) from e
         try:
-            return json.loads(raw)
-        except ValueError as e:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
             raise HTTPError("connection", message=f"response is not JSON: {raw[:80]!r}") from e
 
     async def close(self) -> None:
@@ -86,7 +87,7 @@ def retry_after_s(headers: Mapping[str, str] | None) -> float | None:
 def error_message(raw: bytes) -> str:
     """The `error.message` of an error body (OpenAI's shape), else the body itself, shortened."""
     try:
-        err = json.loads(raw).get("error")
+        err = orjson.loads(raw).get("error")
         return short(err.get("message") if isinstance(err, dict) else err or raw.decode(errors="replace"))
     except (ValueError, AttributeError):
         return short(raw.decode(errors="replace"))
