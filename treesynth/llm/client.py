@@ -242,6 +242,8 @@ class LLM:
         return asyncio.run(self.generate(requests, desc))
 
     async def aclose(self) -> None:
+        if self.cache is not None:
+            self.cache.flush()
         await self.backend.aclose()
 
 
