@@ -146,3 +146,42 @@ def test_generate_preserves_order_and_counts_tokens() -> None:
     out = run(llm, *(ChatRequest.user("q", seed=i) for i in range(5)))
     assert [c.text for c in out] == [f"n{i}" for i in range(5)]
     assert llm.stats.prompt_tokens == 15 and llm.stats.completion_tokens == 5
+
+
+def test_schema_verdicts_are_jsonschemas() -> None:
+    """The compiled fast check only short-cuts acceptance: what it rejects jsonschema judges, so every
+    verdict (and its message) is jsonschema's, also where the two differ (Python's `$` allows a final
+    newline, the Rust regex does not)."""
+    import jsonschema
+
+    from treesynth.llm import parse_json
+
+    schema = {"type": "object", "properties": {"q": {"type": "string", "pattern": "^[a-z ]{2,20}$"},
+                                               "n": {"type": "integer"}}, "required": ["q"]}
+    for data in ({"q": "two words"}, {"q": "ends in newline\n"}, {"q": "x"}, {"q": "UPPER"}, {"n": 3},
+                 {"q": "ok", "n": 1.0}, {"q": "ok", "n": "3"}, [1]):
+        expected = jsonschema.Draft202012Validator(schema).is_valid(data)
+        if expected:
+            assert parse_json(json.dumps(data), schema) == data
+        else:
+            with pytest.raises(jsonschema.ValidationError) as e:
+                parse_json(json.dumps(data), schema)
+            assert e.value.message == jsonschema.exceptions.best_match(
+                jsonschema.Draft202012Validator(schema).iter_errors(data)).message
+
+
+def test_cache_puts_are_grouped_yet_read_back_and_kept(tmp_path: Path) -> None:
+    """Puts are held and written in one transaction per group: the same cache answers them at once, a
+    second connection to the file is never blocked (it sees them after the flush), close() keeps them."""
+    path = tmp_path / "c.sqlite"
+    a, b = RequestCache(path), RequestCache(path)
+    a.put("k1", ok("one"))
+    assert a.get("k1").text == "one" and b.get("k1") is None  # held, not yet written
+    b.put("k2", ok("two"))
+    b.flush()  # a holds no open transaction: b's write goes through at once
+    a.flush()
+    assert b.get("k1").text == "one" and a.get("k2").text == "two"
+    a.put("k3", ok("three"))
+    a.close()
+    b.close()
+    assert RequestCache(path).get("k3").text == "three"
