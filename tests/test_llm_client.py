@@ -185,3 +185,35 @@ def test_cache_puts_are_grouped_yet_read_back_and_kept(tmp_path: Path) -> None:
     a.close()
     b.close()
     assert RequestCache(path).get("k3").text == "three"
+
+
+def test_admission_bounds_a_fan_out_and_nests() -> None:
+    """A backend that serves `parallel` requests at once gets at most 2x that many admitted; work that
+    holds an admission place (render, then ask) is not gated again inside, so it cannot deadlock."""
+
+    class Slots(Backend):
+        model, parallel = "slots-model", 3
+
+        def __init__(self) -> None:
+            self.now = self.peak = 0
+
+        async def complete(self, request: ChatRequest) -> Completion:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+            await asyncio.sleep(0.001)
+            self.now -= 1
+            return ok()
+
+    backend = Slots()
+    llm = LLM(backend)
+
+    async def held(i: int) -> Completion:
+        async with llm.admission():
+            return await llm.complete(ChatRequest.user(f"q{i}", seed=i))
+
+    async def go() -> list[Completion]:
+        return await asyncio.gather(*(held(i) for i in range(40)), *(llm.complete(ChatRequest.user(f"r{i}")) for i in range(40)))
+
+    assert all(c.ok for c in asyncio.run(go()))
+    assert backend.peak == 6 and llm.stats.requests == 80
+    assert all(c.ok for c in asyncio.run(go()))  # a second event loop gets its own gate

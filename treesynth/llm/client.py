@@ -16,11 +16,13 @@ spend never exceeds the limit, and calls already in flight finish (and are cache
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import functools
 import hashlib
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -155,6 +157,10 @@ def _unusable(c: Completion) -> bool:
     return _invalid_json(c) or (c.error is None and c.finish_reason == "length")
 
 
+ADMIT_PER_SLOT = 2  # requests admitted per backend slot: the next ones are ready when a slot frees
+_ADMITTED = contextvars.ContextVar("treesynth_llm_admitted", default=False)
+
+
 class LLM:
     def __init__(self, backend: Backend, cache: RequestCache | None = None, json_retries: int = 2,
                  price: Price | None = None, budget: Budget | None = None):
@@ -165,12 +171,42 @@ class LLM:
         self.budget = budget
         self.answer_retries = int(getattr(backend, "answer_retries", 0))
         self.stats = LLMStats(transport=getattr(backend, "transport_stats", None))
+        # A backend that serves a fixed number of requests at once (`parallel`: HTTP slots) gets at most
+        # ADMIT_PER_SLOT x that many requests keyed, looked up and queued at a time. Thousands started
+        # together (a chunk's gather) would otherwise do that work in one event-loop turn, during which
+        # no answer is read and the slots stand idle. Batching backends (in-process, Batch API) want every
+        # request at once and declare no `parallel`.
+        parallel = getattr(backend, "parallel", None)
+        self._admit = ADMIT_PER_SLOT * int(parallel) if parallel else None
+        self._gate: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
 
     @property
     def model(self) -> str:
         return self.backend.model
 
+    @contextlib.asynccontextmanager
+    async def admission(self) -> AsyncIterator[None]:
+        """Hold one admission place (see __init__) for a piece of work that ends in requests, such as
+        rendering a prompt and then asking for it: a fan-out of thousands waits here before doing any of
+        that work. Requests made inside are not gated again."""
+        if self._admit is None or _ADMITTED.get():
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        if self._gate is None or self._gate[0] is not loop:  # a semaphore belongs to one event loop
+            self._gate = (loop, asyncio.Semaphore(self._admit))
+        async with self._gate[1]:
+            token = _ADMITTED.set(True)
+            try:
+                yield
+            finally:
+                _ADMITTED.reset(token)
+
     async def complete(self, request: ChatRequest) -> Completion:
+        async with self.admission():
+            return await self._complete(request)
+
+    async def _complete(self, request: ChatRequest) -> Completion:
         self.stats.requests += 1
         attempts = 1 + (self.json_retries if request.json_schema else 0)
         c = Completion(text="", finish_reason="error", error="no attempt")

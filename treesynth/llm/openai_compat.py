@@ -119,6 +119,7 @@ class OpenAIBackend(Backend):
             raise TreesynthError(
                 "llm.runtime: max_concurrency >= 1, max_retries >= 0, answer_retries >= 0 and timeout_s > 0 required"
             )
+        self.parallel = self.max_concurrency * len(self.base_urls)  # requests served at once (LLM admission)
         self.transport_stats = TransportStats()
         self._pool: URLPool | None = None
         self._rng = random.Random()  # jitter only; never affects outputs
