@@ -18,8 +18,8 @@ from treesynth.llm.base import Completion
 
 
 class RequestCache:
-    FLUSH_ROWS = 256
-    FLUSH_S = 0.5
+    FLUSH_ROWS = 64  # as the checkpoint logs (KeyedLog): a SIGKILL costs at most this many calls again
+    FLUSH_S = 0.2
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
