@@ -217,3 +217,15 @@ def test_admission_bounds_a_fan_out_and_nests() -> None:
     assert all(c.ok for c in asyncio.run(go()))
     assert backend.peak == 6 and llm.stats.requests == 80
     assert all(c.ok for c in asyncio.run(go()))  # a second event loop gets its own gate
+
+
+def test_cache_key_is_the_sha256_of_the_sorted_request_json() -> None:
+    """The key's definition is fixed (a changed one would re-pay every cached call of a resumed run)."""
+    import hashlib
+    from dataclasses import fields
+
+    schema = {"title": "x", "type": "object", "properties": {"b": {"enum": ["é", 1.5, None]}, "a": {"pattern": "^\\s$"}}}
+    for req in (ChatRequest.user('hi "q"\n', seed=3), ChatRequest(messages=(("system", "s"), ("user", "u")), json_schema={}),
+                ChatRequest.user("x", json_schema=schema, stop=("\n\n",), temperature=0.0, top_p=0.9, max_tokens=7)):
+        payload = {"model": "m", **{f.name: getattr(req, f.name) for f in fields(req)}}
+        assert req.cache_key("m") == hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

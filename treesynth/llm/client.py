@@ -130,7 +130,7 @@ def _validators(schema_json: str) -> tuple[jsonschema.protocols.Validator, Calla
     return cls(schema), fast
 
 
-def parse_json(text: str, schema: dict) -> object:
+def parse_json(text: str, schema: dict, schema_json: str | None = None) -> object:
     """Parse and validate; tolerate prose or code fences around the JSON (unconstrained backends)."""
     try:
         data = json.loads(text)
@@ -139,7 +139,7 @@ def parse_json(text: str, schema: dict) -> object:
         if not m:
             raise ValueError("no JSON object in response") from None
         data = json.loads(m.group(0))
-    judge, fast = _validators(json.dumps(schema, sort_keys=True))
+    judge, fast = _validators(schema_json or json.dumps(schema, sort_keys=True))
     if fast is not None and fast(data):
         return data
     error = jsonschema.exceptions.best_match(judge.iter_errors(data))
@@ -264,7 +264,7 @@ class LLM:
         if req.json_schema is None:
             return True
         try:
-            c.data = parse_json(c.text, req.json_schema)
+            c.data = parse_json(c.text, req.json_schema, req.schema_json)
             c.error = None
             return True
         except (ValueError, jsonschema.ValidationError) as e:
