@@ -220,12 +220,20 @@ def test_admission_bounds_a_fan_out_and_nests() -> None:
 
 
 def test_cache_key_is_the_sha256_of_the_sorted_request_json() -> None:
-    """The key's definition is fixed (a changed one would re-pay every cached call of a resumed run)."""
+    """The key's definition is fixed (a changed one would re-pay every cached call of a resumed run), and
+    it tells apart what changes an answer."""
     import hashlib
     from dataclasses import fields
 
+    import orjson
+
     schema = {"title": "x", "type": "object", "properties": {"b": {"enum": ["é", 1.5, None]}, "a": {"pattern": "^\\s$"}}}
-    for req in (ChatRequest.user('hi "q"\n', seed=3), ChatRequest(messages=(("system", "s"), ("user", "u")), json_schema={}),
-                ChatRequest.user("x", json_schema=schema, stop=("\n\n",), temperature=0.0, top_p=0.9, max_tokens=7)):
+    reqs = [ChatRequest.user('hi "q"\n', seed=3), ChatRequest(messages=(("system", "s"), ("user", "u")), json_schema={}),
+            ChatRequest.user("x", json_schema=schema, stop=("\n\n",), temperature=0.0, top_p=0.9, max_tokens=7)]
+    for req in reqs:
         payload = {"model": "m", **{f.name: getattr(req, f.name) for f in fields(req)}}
-        assert req.cache_key("m") == hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        assert req.cache_key("m") == hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    same_schema_reordered = dict(reversed(list(schema.items())))
+    assert reqs[2].cache_key("m") == ChatRequest.user("x", json_schema=same_schema_reordered, stop=("\n\n",),
+                                                      temperature=0.0, top_p=0.9, max_tokens=7).cache_key("m")
+    assert len({r.cache_key("m") for r in reqs} | {reqs[0].cache_key("other")}) == 4

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import contextvars
-import functools
 import hashlib
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+import orjson
 
 # llm.runtime keys the LLM layer reads (treesynth/llm/client.py: price, budget), whatever the backend
 LLM_RUNTIME_KEYS = frozenset({"budget_usd", "price", "prices"})
@@ -38,22 +38,15 @@ class ChatRequest:
     def chat(self) -> list[dict[str, str]]:
         return [{"role": r, "content": c} for r, c in self.messages]
 
-    @functools.cached_property
-    def schema_json(self) -> str:
-        """The schema as sorted-key JSON, encoded once per request (cache key, validator lookup)."""
-        return json.dumps(self.json_schema, sort_keys=True)
-
     def cache_key(self, model: str) -> str:
-        """Everything that changes the output: model, messages, sampling, seed, schema: the sha256 of
-        json.dumps({"model": model, **fields}, sort_keys=True), written with the schema's JSON spliced in
-        first (its key sorts first), so the schema is encoded once per request."""
-        rest = {"model": model, **{name: getattr(self, name) for name in _KEY_FIELDS}}
-        text = '{"json_schema": ' + self.schema_json + ", " + json.dumps(rest, sort_keys=True)[1:]
-        return hashlib.sha256(text.encode()).hexdigest()
+        """Everything that changes the output: model, messages, sampling, seed, schema; the sha256 of
+        them as sorted-key JSON. orjson, not json: json.dumps of the schema and messages took a tenth of
+        the client's CPU per request at 100k records."""
+        payload = {"model": model, **{name: getattr(self, name) for name in _FIELDS}}
+        return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-_KEY_FIELDS = tuple(f.name for f in fields(ChatRequest) if f.name != "json_schema")
-assert min(_KEY_FIELDS + ("model",)) > "json_schema", "cache_key splices json_schema in as the first key"
+_FIELDS = tuple(f.name for f in fields(ChatRequest))  # by hand: asdict() deep-copies the schema
 
 
 @dataclass
