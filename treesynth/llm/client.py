@@ -193,18 +193,23 @@ class LLM:
         if self._admit is None or _ADMITTED.get():
             yield
             return
-        loop = asyncio.get_running_loop()
-        if self._gate is None or self._gate[0] is not loop:  # a semaphore belongs to one event loop
-            self._gate = (loop, asyncio.Semaphore(self._admit))
-        async with self._gate[1]:
+        async with self._gate_of_loop():
             token = _ADMITTED.set(True)
             try:
                 yield
             finally:
                 _ADMITTED.reset(token)
 
+    def _gate_of_loop(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._gate is None or self._gate[0] is not loop:  # a semaphore belongs to one event loop
+            self._gate = (loop, asyncio.Semaphore(self._admit or 1))
+        return self._gate[1]
+
     async def complete(self, request: ChatRequest) -> Completion:
-        async with self.admission():
+        if self._admit is None or _ADMITTED.get():
+            return await self._complete(request)
+        async with self._gate_of_loop():  # admission() without its generator: this runs per request
             return await self._complete(request)
 
     async def _complete(self, request: ChatRequest) -> Completion:
