@@ -146,3 +146,94 @@ def test_generate_preserves_order_and_counts_tokens() -> None:
     out = run(llm, *(ChatRequest.user("q", seed=i) for i in range(5)))
     assert [c.text for c in out] == [f"n{i}" for i in range(5)]
     assert llm.stats.prompt_tokens == 15 and llm.stats.completion_tokens == 5
+
+
+def test_schema_verdicts_are_jsonschemas() -> None:
+    """The compiled fast check only short-cuts acceptance: what it rejects jsonschema judges, so every
+    verdict (and its message) is jsonschema's, also where the two differ (Python's `$` allows a final
+    newline, the Rust regex does not)."""
+    import jsonschema
+
+    from treesynth.llm import parse_json
+
+    schema = {"type": "object", "properties": {"q": {"type": "string", "pattern": "^[a-z ]{2,20}$"},
+                                               "n": {"type": "integer"}}, "required": ["q"]}
+    for data in ({"q": "two words"}, {"q": "ends in newline\n"}, {"q": "x"}, {"q": "UPPER"}, {"n": 3},
+                 {"q": "ok", "n": 1.0}, {"q": "ok", "n": "3"}, [1]):
+        expected = jsonschema.Draft202012Validator(schema).is_valid(data)
+        if expected:
+            assert parse_json(json.dumps(data), schema) == data
+        else:
+            with pytest.raises(jsonschema.ValidationError) as e:
+                parse_json(json.dumps(data), schema)
+            assert e.value.message == jsonschema.exceptions.best_match(
+                jsonschema.Draft202012Validator(schema).iter_errors(data)).message
+
+
+def test_cache_puts_are_grouped_yet_read_back_and_kept(tmp_path: Path) -> None:
+    """Puts are held and written in one transaction per group: the same cache answers them at once, a
+    second connection to the file is never blocked (it sees them after the flush), close() keeps them."""
+    path = tmp_path / "c.sqlite"
+    a, b = RequestCache(path), RequestCache(path)
+    a.put("k1", ok("one"))
+    assert a.get("k1").text == "one" and b.get("k1") is None  # held, not yet written
+    b.put("k2", ok("two"))
+    b.flush()  # a holds no open transaction: b's write goes through at once
+    a.flush()
+    assert b.get("k1").text == "one" and a.get("k2").text == "two"
+    a.put("k3", ok("three"))
+    a.close()
+    b.close()
+    assert RequestCache(path).get("k3").text == "three"
+
+
+def test_admission_bounds_a_fan_out_and_nests() -> None:
+    """A backend that serves `parallel` requests at once gets at most 2x that many admitted; work that
+    holds an admission place (render, then ask) is not gated again inside, so it cannot deadlock."""
+
+    class Slots(Backend):
+        model, parallel = "slots-model", 3
+
+        def __init__(self) -> None:
+            self.now = self.peak = 0
+
+        async def complete(self, request: ChatRequest) -> Completion:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+            await asyncio.sleep(0.001)
+            self.now -= 1
+            return ok()
+
+    backend = Slots()
+    llm = LLM(backend)
+
+    async def held(i: int) -> Completion:
+        async with llm.admission():
+            return await llm.complete(ChatRequest.user(f"q{i}", seed=i))
+
+    async def go() -> list[Completion]:
+        return await asyncio.gather(*(held(i) for i in range(40)), *(llm.complete(ChatRequest.user(f"r{i}")) for i in range(40)))
+
+    assert all(c.ok for c in asyncio.run(go()))
+    assert backend.peak == 6 and llm.stats.requests == 80
+    assert all(c.ok for c in asyncio.run(go()))  # a second event loop gets its own gate
+
+
+def test_cache_key_is_the_sha256_of_the_sorted_request_json() -> None:
+    """The key's definition is fixed (a changed one would re-pay every cached call of a resumed run), and
+    it tells apart what changes an answer."""
+    import hashlib
+    from dataclasses import fields
+
+    import orjson
+
+    schema = {"title": "x", "type": "object", "properties": {"b": {"enum": ["é", 1.5, None]}, "a": {"pattern": "^\\s$"}}}
+    reqs = [ChatRequest.user('hi "q"\n', seed=3), ChatRequest(messages=(("system", "s"), ("user", "u")), json_schema={}),
+            ChatRequest.user("x", json_schema=schema, stop=("\n\n",), temperature=0.0, top_p=0.9, max_tokens=7)]
+    for req in reqs:
+        payload = {"model": "m", **{f.name: getattr(req, f.name) for f in fields(req)}}
+        assert req.cache_key("m") == hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    same_schema_reordered = dict(reversed(list(schema.items())))
+    assert reqs[2].cache_key("m") == ChatRequest.user("x", json_schema=same_schema_reordered, stop=("\n\n",),
+                                                      temperature=0.0, top_p=0.9, max_tokens=7).cache_key("m")
+    assert len({r.cache_key("m") for r in reqs} | {reqs[0].cache_key("other")}) == 4

@@ -16,8 +16,8 @@ import urllib.request
 from email.utils import formatdate
 from pathlib import Path
 
-import httpx2
 import pytest
+from multidict import CIMultiDict
 
 from treesynth.errors import TreesynthError
 from treesynth.llm import LLM, ChatRequest, Completion, LLMError, RequestCache, build_llm
@@ -34,7 +34,6 @@ SCHEMA = {
     "required": ["color", "reason"],
     "additionalProperties": False,
 }
-HTTP = pytest.mark.parametrize("http", ["aiohttp", "openai"])  # both transports behave the same
 FAST = {"backoff_base_s": 0.05, "backoff_max_s": 0.2, "cooldown_429_s": 0.2, "timeout_s": 5, "max_retries": 3}
 
 
@@ -76,11 +75,10 @@ def with_cache(config: dict, tmp_path: Path) -> tuple[LLM, RequestCache]:
 
 
 # --- plain round trips ------------------------------------------------------------------------
-@HTTP
-def test_round_trip_sends_seed_schema_and_key(monkeypatch: pytest.MonkeyPatch, http: str) -> None:
+def test_round_trip_sends_seed_schema_and_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TREESYNTH_TEST_KEY", "sk-test-123")
     with StubServer(respond=lambda body: {"color": "blue", "reason": "calm"} if body.get("response_format") else None) as srv:
-        llm = build_llm(cfg(srv.base_url, api_key_env="TREESYNTH_TEST_KEY", http=http))
+        llm = build_llm(cfg(srv.base_url, api_key_env="TREESYNTH_TEST_KEY"))
         text, js = ask(llm, ChatRequest.user("say hi", seed=42, max_tokens=33, temperature=0.3, stop=("\n\n",)),
                        ChatRequest.user("pick one", seed=9, json_schema=SCHEMA))
     assert text.ok and text.text.startswith("stub answer") and text.completion_tokens > 0 and text.prompt_tokens == 2
@@ -111,10 +109,9 @@ def test_concurrency_is_bounded_per_url() -> None:
 
 
 # --- faults -----------------------------------------------------------------------------------
-@HTTP
-def test_429_then_success_honours_retry_after(tmp_path: Path, http: str) -> None:
+def test_429_then_success_honours_retry_after(tmp_path: Path) -> None:
     with StubServer(fail_first=2, fail_status=429, retry_after=0.4) as srv:
-        llm, cache = with_cache(cfg(srv.base_url, cooldown_429_s=5, http=http), tmp_path)
+        llm, cache = with_cache(cfg(srv.base_url, cooldown_429_s=5), tmp_path)
         t0 = time.perf_counter()
         c, = ask(llm, ChatRequest.user("rate limited", seed=1))
         elapsed = time.perf_counter() - t0
@@ -141,16 +138,15 @@ def test_500s_then_success(tmp_path: Path) -> None:
     assert llm.stats.errors == 0
 
 
-@HTTP
-def test_500_forever_gives_clear_error_and_no_cache_entry(tmp_path: Path, http: str) -> None:
+def test_500_forever_gives_clear_error_and_no_cache_entry(tmp_path: Path) -> None:
     with StubServer(fail_first=None, fail_status=503) as srv:
-        llm, cache = with_cache(cfg(srv.base_url, max_retries=2, http=http), tmp_path)
+        llm, cache = with_cache(cfg(srv.base_url, max_retries=2), tmp_path)
         c, = ask(llm, ChatRequest.user("down", seed=1))
         assert srv.requests == 3  # 1 + max_retries
         assert c.finish_reason == "error" and srv.base_url in c.error and "HTTP 503" in c.error
         assert len(cache) == 0 and llm.stats.errors == 1
         # The backend itself raises LLMError (the LLM layer turns it into Completion.error).
-        backend = OpenAIBackend(cfg(srv.base_url, max_retries=0, http=http))
+        backend = OpenAIBackend(cfg(srv.base_url, max_retries=0))
 
         async def direct() -> None:
             try:
@@ -168,10 +164,9 @@ def test_client_error_is_not_retried() -> None:
     assert srv.requests == 1 and "HTTP 400" in c.error and srv.base_url in c.error
 
 
-@HTTP
-def test_hang_times_out(tmp_path: Path, http: str) -> None:
+def test_hang_times_out(tmp_path: Path) -> None:
     with StubServer(hang=True) as srv:
-        llm, cache = with_cache(cfg(srv.base_url, timeout_s=0.5, max_retries=1, http=http), tmp_path)
+        llm, cache = with_cache(cfg(srv.base_url, timeout_s=0.5, max_retries=1), tmp_path)
         t0 = time.perf_counter()
         c, = ask(llm, ChatRequest.user("hang", seed=1))
         elapsed = time.perf_counter() - t0
@@ -181,10 +176,9 @@ def test_hang_times_out(tmp_path: Path, http: str) -> None:
 
 
 # --- health check -----------------------------------------------------------------------------
-@HTTP
-def test_health_check_unreachable_url_fails_fast(http: str) -> None:
+def test_health_check_unreachable_url_fails_fast() -> None:
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
-    backend = OpenAIBackend(cfg(url, http=http))
+    backend = OpenAIBackend(cfg(url))
     t0 = time.perf_counter()
     with pytest.raises(TreesynthError, match="unreachable") as e:
         health(backend)
@@ -209,8 +203,6 @@ def test_bad_config_is_a_one_line_error() -> None:
         OpenAIBackend({"backend": "openai", "model": "", "runtime": {}})
     with pytest.raises(TreesynthError, match="llm.schema_style"):
         OpenAIBackend({**cfg("http://127.0.0.1:9/v1"), "schema_style": "xml"})
-    with pytest.raises(TreesynthError, match="llm.runtime.http"):
-        OpenAIBackend(cfg("http://127.0.0.1:9/v1", http="curl"))
 
 
 # --- several base URLs ------------------------------------------------------------------------
@@ -235,12 +227,12 @@ def test_rate_limited_url_is_avoided() -> None:
 
 # --- pure helpers -----------------------------------------------------------------------------
 def test_retry_after_parsing() -> None:
-    assert retry_after_s(httpx2.Headers({"retry-after": "2"})) == 2.0
-    assert retry_after_s(httpx2.Headers({"retry-after-ms": "250", "retry-after": "9"})) == 0.25
+    assert retry_after_s(CIMultiDict({"Retry-After": "2"})) == 2.0
+    assert retry_after_s(CIMultiDict({"retry-after-ms": "250", "retry-after": "9"})) == 0.25
     in_3s = formatdate(time.time() + 3, usegmt=True)
-    assert 1 <= retry_after_s(httpx2.Headers({"retry-after": in_3s})) <= 3.5
-    assert retry_after_s(httpx2.Headers({"retry-after": "soon"})) is None
-    assert retry_after_s(httpx2.Headers({})) is None
+    assert 1 <= retry_after_s(CIMultiDict({"retry-after": in_3s})) <= 3.5
+    assert retry_after_s(CIMultiDict({"retry-after": "soon"})) is None
+    assert retry_after_s(CIMultiDict({})) is None
 
 
 # --- real llama.cpp server --------------------------------------------------------------------

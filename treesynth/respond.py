@@ -49,7 +49,8 @@ async def respond(llm: LLM, task: TaskSpec, records: list[PromptRecord], seed: i
     out: dict[str, dict] = {}
 
     async def one(rec: PromptRecord) -> None:
-        completion, attempts, final_line = await respond_one(llm, task, rec, seed)
+        async with llm.admission():  # a chunk's thousands of records wait here, not all rendered at once
+            completion, attempts, final_line = await respond_one(llm, task, rec, seed)
         row = {"id": rec.id, "completion": completion, "attempts": attempts, **({"final_line": True} if final_line else {})}
         log.append(row)
         out[rec.id] = row

@@ -251,6 +251,12 @@ def _chunk(size: int, kept: int, tried: int, chunk_max: int) -> int:
     return max(1, min(chunk_max, math.ceil(deficit / rate)))
 
 
+def _prefetch(method: Method, start: int, survivors: int, size: int, chunk_max: int) -> tuple[asyncio.Future, int, int]:
+    """Start generating the chunk after `start` (sized for `survivors` records so far): (future, start, stop)."""
+    stop = start + _chunk(size, survivors, start, chunk_max)
+    return asyncio.ensure_future(method.prompts_between(start, stop)), start, stop
+
+
 async def _fill(method: Method, teacher: LLM, cfg: DictConfig, size: int, data_path: Path,
                 progress: Progress) -> dict:
     env = method.env
@@ -281,10 +287,14 @@ async def _fill(method: Method, teacher: LLM, cfg: DictConfig, size: int, data_p
                     stop = start + _chunk(size, kept, tried, chunk_max)
                     prompts = await method.prompts_between(start, stop)
                 tried = stop
+                # The next chunk is generated while this one goes through hygiene (CPU on this loop) and the
+                # teacher, so the request slots stay busy through both. It is needed whatever they do
+                # when even every prompt of this chunk surviving leaves records missing...
+                if kept + len(prompts) < size and stop < max_positions:
+                    pending = _prefetch(method, stop, kept + len(prompts), size, chunk_max)
                 fresh = await apply_hygiene(prompts, hygiene)
-                if kept + len(fresh) < size and stop < max_positions:  # needed whatever the teacher does
-                    nxt = stop + _chunk(size, kept + len(fresh), stop, chunk_max)
-                    pending = (asyncio.ensure_future(method.prompts_between(stop, nxt)), stop, nxt)
+                if pending is None and kept + len(fresh) < size and stop < max_positions:
+                    pending = _prefetch(method, stop, kept + len(fresh), size, chunk_max)  # ...or when hygiene does
                 i = 0
                 while i < len(fresh) and kept < size:
                     batch = fresh[i : i + (size - kept)]  # never more teacher calls than records missing

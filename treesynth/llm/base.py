@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+import orjson
 
 
 class LLMError(Exception):
@@ -35,10 +36,14 @@ class ChatRequest:
         return [{"role": r, "content": c} for r, c in self.messages]
 
     def cache_key(self, model: str) -> str:
-        """Everything that changes the output: model, messages, sampling, seed, schema."""
-        # the fields by hand: asdict() deep-copies the schema, a third of a millisecond per request
-        payload = {"model": model, **{f.name: getattr(self, f.name) for f in fields(self)}}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        """Everything that changes the output: model, messages, sampling, seed, schema; the sha256 of
+        them as sorted-key JSON. orjson, not json: json.dumps of the schema and messages took a tenth of
+        the client's CPU per request at 100k records."""
+        payload = {"model": model, **{name: getattr(self, name) for name in _FIELDS}}
+        return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+_FIELDS = tuple(f.name for f in fields(ChatRequest))  # by hand: asdict() deep-copies the schema
 
 
 @dataclass

@@ -1,13 +1,12 @@
 """`openai` backend: any OpenAI-compatible chat endpoint (OpenAI, a vLLM server, a llama.cpp server),
 spread over one or several base URLs.
 
-Per base URL: one HTTP client, a bound on parallel requests, and a 429 cooldown. The client is
-`runtime.http`: `aiohttp` (default; a plain keep-alive session, ~0.6 ms CPU per request) or `openai`
-(the official `AsyncOpenAI` SDK client, ~2.8 ms CPU per request, which on a few cores caps a
-64-slot pool well below what the server could serve). Either way the SDK's own retries are off and ours
-apply. Each attempt goes to the least busy URL that is not cooling
-down; 429 pauses that URL (Retry-After honoured), 408/409/5xx, connection errors and timeouts are
-retried with exponential backoff and full jitter, other 4xx fail at once. JSON-schema requests use
+Three parts: the HTTP transport (transport.py: one aiohttp session per URL), the URL pool
+(routing.py: least-busy routing, a slot bound and a 429 cooldown per URL, failures classified), and
+this backend: request bodies, the retry policy, health checks, parsing the answer. A failed attempt
+that may help to repeat (429, 408/409/5xx, connection errors, timeouts) is sent again by tenacity up
+to `runtime.max_retries` times, after exponential backoff with full jitter (after a 429 the URL's
+cooldown, Retry-After honoured, is the wait); other 4xx fail at once. JSON-schema requests use
 `response_format` {"type": "json_schema", ...} (OpenAI, vLLM, llama.cpp's llama-server), or with
 schema_style=json_object {"type": "json_object", "schema": ...} (the llama-cpp-python server).
 
@@ -18,181 +17,31 @@ is counted by kind in `transport_stats` (reported in the stage metrics' `llm` bl
 
 Config (conf/llm/openai.yaml): backend, model, api_key_env (the NAME of the env var; null/"" for local
 servers that need no key), schema_style, runtime.{base_urls, max_concurrency (per URL), timeout_s, max_retries,
-answer_retries, backoff_base_s, backoff_max_s, cooldown_429_s, health_timeout_s, http}.
+answer_retries, backoff_base_s, backoff_max_s, cooldown_429_s, health_timeout_s}.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import json
 import logging
 import os
 import random
 import re
-import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-import httpx2
-import openai
+import tenacity
 
 from treesynth.errors import TreesynthError
 from treesynth.llm.base import Backend, ChatRequest, Completion, LLMError
+from treesynth.llm.routing import Endpoint, Failure, TransportStats, URLPool
+from treesynth.llm.transport import HTTPError, retry_after_s, short
+
+__all__ = ["OpenAIBackend", "TransportStats", "parse_completion", "response_format", "retry_after_s"]
 
 log = logging.getLogger("treesynth")
 
 NO_KEY = "EMPTY"  # local servers ignore the key, but clients and some servers insist on one
-_RETRY_STATUS = {408, 409}  # 4xx that are transient (request timeout, conflict); 429 handled apart
 _SCHEMA_NAME = re.compile(r"[^a-zA-Z0-9_-]")
-
-
-class _HTTPError(Exception):
-    """A transport-neutral failure: `kind` is "status" (with status/retry_after), "timeout" or "connection"."""
-
-    def __init__(self, kind: str, status: int = 0, message: str = "", retry_after: float | None = None):
-        super().__init__(message or kind)
-        self.kind, self.status, self.message, self.retry_after = kind, status, message, retry_after
-
-
-class _AiohttpTransport:
-    """POST/GET JSON on one base URL over a keep-alive aiohttp session."""
-
-    def __init__(self, url: str, key: str, max_connections: int, timeout_s: float):
-        self.url = url
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max_connections),
-            headers={"Authorization": f"Bearer {key}"},
-            # No proxy/netrc lookup: aiohttp does it in a thread per request (two executor hops).
-            # Behind an HTTP proxy, use runtime.http=openai, which honours HTTP(S)_PROXY.
-            trust_env=False,
-        )
-
-    async def request(self, method: str, path: str, body: dict | None = None, timeout_s: float | None = None) -> Any:
-        timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s else self.timeout
-        try:
-            async with self.session.request(method, self.url + path, json=body, timeout=timeout) as r:
-                raw = await r.read()
-                if r.status >= 400:
-                    raise _HTTPError("status", r.status, _error_message(raw), retry_after_s(r.headers))
-        except asyncio.TimeoutError as e:
-            raise _HTTPError("timeout") from e
-        except aiohttp.ClientError as e:
-            raise _HTTPError("connection", message=str(e) or type(e).__name__) from e
-        try:
-            return json.loads(raw)
-        except ValueError as e:
-            raise _HTTPError("connection", message=f"response is not JSON: {raw[:80]!r}") from e
-
-    async def close(self) -> None:
-        await self.session.close()
-
-
-class _SDKTransport:
-    """The same calls through the official `AsyncOpenAI` client (SDK retries off)."""
-
-    def __init__(self, url: str, key: str, max_connections: int, timeout_s: float):
-        limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self.client = openai.AsyncOpenAI(
-            base_url=url, api_key=key, max_retries=0, timeout=timeout_s,
-            # aiohttp under httpx: the default httpx pool scans every pooled connection per request.
-            http_client=openai.DefaultAioHttpClient(limits=limits, timeout=timeout_s),
-        )
-
-    async def request(self, method: str, path: str, body: dict | None = None, timeout_s: float | None = None) -> Any:
-        client = self.client.with_options(timeout=timeout_s) if timeout_s else self.client
-        try:
-            # Low-level calls: no per-request TypedDict transform or model construction.
-            if method == "GET":
-                return await client.get(path, cast_to=object)
-            return await client.post(path, body=body, cast_to=object)
-        except openai.APIStatusError as e:
-            raise _HTTPError("status", e.status_code, _short(e.message), retry_after_s(e.response.headers)) from e
-        except openai.APITimeoutError as e:
-            raise _HTTPError("timeout") from e
-        except openai.APIConnectionError as e:
-            raise _HTTPError("connection", message=str(e.__cause__ or e)) from e
-
-    async def close(self) -> None:
-        await self.client.close()
-
-
-TRANSPORTS = {"aiohttp": _AiohttpTransport, "openai": _SDKTransport}
-
-
-@dataclass
-class _Endpoint:
-    """One base URL: its client, a slot bound, requests assigned to it, and a 429 pause."""
-
-    url: str
-    client: _AiohttpTransport | _SDKTransport
-    slots: asyncio.Semaphore
-    inflight: int = 0
-    cooldown_until: float = 0.0  # loop.time() before which nothing is sent here
-    sent: int = 0  # attempts sent here (any outcome); tests and benches read it
-
-
-@dataclass
-class _Pool:
-    loop: asyncio.AbstractEventLoop
-    endpoints: list[_Endpoint] = field(default_factory=list)
-    turn: int = 0  # round-robin tie break among equally busy URLs
-
-
-@dataclass
-class TransportStats:
-    """Failed HTTP attempts by kind, and the attempts re-sent after them (all requests of one backend)."""
-
-    retries: int = 0
-    http_429: int = 0
-    http_5xx: int = 0
-    http_4xx: int = 0  # other statuses: 408/409 are retried, the rest fail the request at once
-    timeouts: int = 0
-    connection_errors: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
-
-
-class _Failure(Exception):
-    """One failed attempt: where, why, its `TransportStats` counter, and whether another attempt may help."""
-
-    def __init__(self, url: str, reason: str, kind: str, retryable: bool = True, cooled: bool = False):
-        super().__init__(f"{url}: {reason}")
-        self.url, self.reason, self.kind, self.retryable, self.cooled = url, reason, kind, retryable, cooled
-
-
-def retry_after_s(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds from Retry-After (seconds or HTTP date) or retry-after-ms; None when absent/garbled."""
-    if headers is None:
-        return None
-    if (ms := headers.get("retry-after-ms")) is not None:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (ValueError, TypeError):
-        return None
-
-
-def _error_message(raw: bytes) -> str:
-    try:
-        err = json.loads(raw).get("error")
-        return _short(err.get("message") if isinstance(err, dict) else err or raw.decode(errors="replace"))
-    except (ValueError, AttributeError):
-        return _short(raw.decode(errors="replace"))
 
 
 SCHEMA_STYLES = ("json_schema", "json_object")
@@ -266,16 +115,22 @@ class OpenAIBackend(Backend):
         self.schema_style = str(cfg.get("schema_style") or "json_schema")
         if self.schema_style not in SCHEMA_STYLES:
             raise TreesynthError(f"llm.schema_style={self.schema_style!r}: choose from {list(SCHEMA_STYLES)}")
-        self.http = str(rt.get("http", "aiohttp"))
-        if self.http not in TRANSPORTS:
-            raise TreesynthError(f"llm.runtime.http={self.http!r}: choose from {sorted(TRANSPORTS)}")
         if self.max_concurrency < 1 or self.max_retries < 0 or self.answer_retries < 0 or self.timeout_s <= 0:
             raise TreesynthError(
                 "llm.runtime: max_concurrency >= 1, max_retries >= 0, answer_retries >= 0 and timeout_s > 0 required"
             )
+        self.parallel = self.max_concurrency * len(self.base_urls)  # requests served at once (LLM admission)
         self.transport_stats = TransportStats()
-        self._pool: _Pool | None = None
+        self._pool: URLPool | None = None
         self._rng = random.Random()  # jitter only; never affects outputs
+        # The retry policy; tenacity keeps per-run state on the object, so each request gets a copy.
+        self._retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(self.max_retries + 1),
+            retry=tenacity.retry_if_exception(lambda e: isinstance(e, Failure) and e.retryable),
+            wait=self._backoff_s,
+            before_sleep=self._count_retry,
+            reraise=True,
+        )
 
     # --- endpoints ---------------------------------------------------------------------------
     def api_key(self) -> str:
@@ -289,29 +144,12 @@ class OpenAIBackend(Backend):
             )
         return key
 
-    def _endpoints(self) -> _Pool:
-        # HTTP sessions and semaphores belong to the loop that made them; generate_sync runs a fresh
-        # loop per call, so a new loop gets fresh endpoints (the old loop's sockets died with it).
-        loop = asyncio.get_running_loop()
-        if self._pool is None or self._pool.loop is not loop:
-            key, transport = self.api_key(), TRANSPORTS[self.http]
-            self._pool = _Pool(loop, [
-                _Endpoint(url, transport(url, key, self.max_concurrency, self.timeout_s),
-                          asyncio.Semaphore(self.max_concurrency))
-                for url in self.base_urls
-            ])
+    def _endpoints(self) -> URLPool:
+        # A new event loop (each asyncio.run) gets fresh endpoints: the old loop's sockets died with it.
+        if self._pool is None or self._pool.loop is not asyncio.get_running_loop():
+            self._pool = URLPool(self.base_urls, self.api_key(), self.max_concurrency, self.timeout_s,
+                                 self.cooldown_429_s)
         return self._pool
-
-    def _pick(self, pool: _Pool) -> _Endpoint:
-        """Least busy URL among those not cooling down (all cooling: the one free soonest)."""
-        now = pool.loop.time()
-        ready = [e for e in pool.endpoints if e.cooldown_until <= now] or [
-            min(pool.endpoints, key=lambda e: e.cooldown_until)
-        ]
-        n = len(pool.endpoints)
-        pool.turn += 1
-        # Rotate the start so ties go round robin instead of always to the first URL.
-        return min(ready, key=lambda e: (e.inflight, (pool.endpoints.index(e) - pool.turn) % n))
 
     @property
     def sent(self) -> dict[str, int]:
@@ -335,74 +173,59 @@ class OpenAIBackend(Backend):
             params["response_format"] = response_format(request.json_schema, self.schema_style)
         return params
 
-    def backoff_s(self, attempt: int) -> float:
+    def _backoff_s(self, state: tenacity.RetryCallState) -> float:
+        failure = state.outcome.exception() if state.outcome else None
+        if isinstance(failure, Failure) and failure.cooled:
+            return 0.0  # after a 429 the URL's cooldown is the wait
         # Full jitter: uniform over [0, capped exponential] spreads retries of a burst apart.
-        return self._rng.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2**attempt))
+        return self._rng.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2 ** (state.attempt_number - 1)))
+
+    def _count_retry(self, state: tenacity.RetryCallState) -> None:
+        self.transport_stats.retries += 1
 
     async def complete(self, request: ChatRequest) -> Completion:
-        pool = self._endpoints()
-        params = self.request_body(request)
-        last = _Failure(self.base_urls[0], "no attempt", "connection_errors")
-        for attempt in range(self.max_retries + 1):
+        pool, body = self._endpoints(), self.request_body(request)
+        try:
             try:
-                return parse_completion(await self._attempt(pool, params))
-            except _Failure as f:
-                last = f
-            stats = self.transport_stats
-            setattr(stats, last.kind, getattr(stats, last.kind) + 1)
-            if not last.retryable:
-                raise LLMError(f"{last.url} rejected the request ({last.reason})")
-            if attempt < self.max_retries:
-                stats.retries += 1
-                if not last.cooled:
-                    await asyncio.sleep(self.backoff_s(attempt))  # after a 429 the cooldown is the wait
-        raise LLMError(f"{last.url} failed after {self.max_retries + 1} attempts; last: {last.reason}")
+                resp = await self._attempt(pool, body)
+            except Failure as first:
+                # Nearly every request succeeds at once and skips the retry machinery (~50 us of CPU, a
+                # tenth of a request's); from the first failure on tenacity decides, that failure replayed
+                # to it as its own first attempt.
+                replay = [first]
 
-    async def _attempt(self, pool: _Pool, params: dict[str, Any]) -> dict:
-        """One HTTP attempt on the best URL; any failure becomes a `_Failure`."""
-        while True:
-            ep = self._pick(pool)
-            ep.inflight += 1
-            try:
-                async with ep.slots:
-                    now = pool.loop.time()
-                    if ep.cooldown_until > now:
-                        if any(e.cooldown_until <= now for e in pool.endpoints):
-                            continue  # this URL got a 429 while we queued for it; another is free
-                        await asyncio.sleep(ep.cooldown_until - now)
-                    ep.sent += 1
-                    return await ep.client.request("POST", "/chat/completions", params)
-            except _HTTPError as e:
-                raise self._failure(pool, ep, e) from e
-            finally:
-                ep.inflight -= 1
+                async def attempt() -> dict:
+                    if replay:
+                        raise replay.pop()
+                    return await self._attempt(pool, body)
 
-    def _failure(self, pool: _Pool, ep: _Endpoint, e: _HTTPError) -> _Failure:
-        if e.kind == "timeout":
-            return _Failure(ep.url, f"timeout after {self.timeout_s:g}s", "timeouts")
-        if e.kind == "connection":
-            return _Failure(ep.url, f"connection error: {_short(e.message)}", "connection_errors")
-        if e.status == 429:
-            pause = self.cooldown_429_s if e.retry_after is None else e.retry_after
-            ep.cooldown_until = max(ep.cooldown_until, pool.loop.time() + pause)
-            log.debug("HTTP 429 from %s: pausing it %.1fs", ep.url, pause)
-            return _Failure(ep.url, "HTTP 429", "http_429", cooled=True)
-        kind = "http_5xx" if e.status >= 500 else "http_4xx"
-        transient = e.status >= 500 or e.status in _RETRY_STATUS
-        return _Failure(ep.url, f"HTTP {e.status}: {_short(e.message)}", kind, retryable=transient)
+                resp = await self._retrying.copy()(attempt)
+        except Failure as f:
+            if not f.retryable:
+                raise LLMError(f"{f.url} rejected the request ({f.reason})") from None
+            raise LLMError(f"{f.url} failed after {self.max_retries + 1} attempts; last: {f.reason}") from None
+        return parse_completion(resp)
+
+    async def _attempt(self, pool: URLPool, body: dict[str, Any]) -> dict:
+        """One attempt, its failure counted by kind."""
+        try:
+            return await pool.post("/chat/completions", body)
+        except Failure as f:
+            setattr(self.transport_stats, f.kind, getattr(self.transport_stats, f.kind) + 1)
+            raise
 
     async def health_check(self) -> None:
         """GET {url}/models on every URL with a short timeout: a missing key or an unreachable URL
         fails in seconds with one line instead of hours into a run."""
         pool = self._endpoints()
 
-        async def check(ep: _Endpoint) -> None:
+        async def check(ep: Endpoint) -> None:
             try:
                 listing = await ep.client.request("GET", "/models", timeout_s=self.health_timeout_s)
-            except _HTTPError as e:
+            except HTTPError as e:
                 if e.kind != "status":
                     raise TreesynthError(
-                        f"LLM endpoint {ep.url} unreachable ({e.kind}: {_short(e.message or 'no answer')}); "
+                        f"LLM endpoint {ep.url} unreachable ({e.kind}: {short(e.message or 'no answer')}); "
                         "start the server or fix llm.runtime.base_urls"
                     ) from e
                 if e.status in (401, 403):
@@ -420,7 +243,7 @@ class OpenAIBackend(Backend):
     async def aclose(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None and pool.loop is asyncio.get_running_loop():
-            await asyncio.gather(*(e.client.close() for e in pool.endpoints), return_exceptions=True)
+            await pool.close()
 
 
 def parse_completion(resp: dict) -> Completion:
@@ -440,6 +263,3 @@ def parse_completion(resp: dict) -> Completion:
         error=error,
     )
 
-
-def _short(text: str) -> str:
-    return " ".join(str(text).split())[:200]

@@ -158,7 +158,6 @@ class OpenAIRuntime(LLMRuntime):
     backoff_max_s: float = bound(ge=0)
     cooldown_429_s: float = bound(ge=0)
     health_timeout_s: float = bound(gt=0)
-    http: Literal["aiohttp", "openai"]
 
 
 @dataclass
