@@ -15,7 +15,8 @@ Outputs in the stage dir: data.jsonl, data.parquet, method artifacts (tree.json,
 and the checkpoints that make a killed run resume (responses.jsonl, the method's logs, cost.json).
 The output is the first data.size survivors in stream order, whatever the chunking: the same seed gives
 the same records, also after a kill and a rerun.
-With method.plan_only=true it only writes plan.json and logs the expected LLM calls, tokens and dollars.
+With method.plan_only=true it only writes plan.json and logs the expected LLM calls, tokens and dollars
+(treesynth/plan.py).
 `llm.budget_usd` stops the stage (one line) before the spend of all runs of this artifact could
 exceed it; a rerun with a larger budget resumes (finished calls come from the request cache, free).
 """
@@ -38,12 +39,13 @@ from omegaconf import DictConfig
 from treesynth.datasets import benchmark_digests, file_digest, local_data_digest
 from treesynth.errors import TreesynthError
 from treesynth.io import atomic_write_json, iter_jsonl, write_failed
-from treesynth.llm import LLM, Budget, BudgetExceeded, build_llm, price_of
+from treesynth.llm import LLM, Budget, BudgetExceeded, build_llm
 from treesynth.methods import Method, MethodEnv, method_class
 from treesynth.methods.base import PromptRecord
 from treesynth.methods.hygiene import Hygiene
 from treesynth.methods.verify import Verifier
 from treesynth.paths import artifact_cache
+from treesynth.plan import plan
 from treesynth.profiles import used_profiles
 from treesynth.progress import Progress
 from treesynth.progress import configure as configure_progress
@@ -191,7 +193,7 @@ async def synthesize(cfg: DictConfig, out: Path) -> dict[str, Any]:
         raise TreesynthError(f"data.size must be >= 1, got {size}")
     cls = method_class(str(cfg.method.name))
     if cfg.method.plan_only:
-        return _plan(cls, cfg, task, size, out)
+        return plan(cls, cfg, task, size, out)
 
     log.info("[synthesize] %s", describe_profiles(task))
     cache_dir = request_cache_dir(cfg)
@@ -341,63 +343,3 @@ async def _fill(method: Method, teacher: LLM, cfg: DictConfig, size: int, data_p
         **hygiene.counts,
         **dict(verification),
     }
-
-
-# Plan mode's "likely" dollars assume answers fill this share of their max_tokens (the upper bound: all).
-LIKELY_FILL = 0.4
-
-
-def _request_tokens(request: Any) -> int:
-    return sum(len(content) for _, content in request.messages) // 4 + 16  # about 4 characters per token
-
-
-def plan_cost(estimate: dict[str, Any], cfg: DictConfig, task: TaskSpec) -> dict[str, Any]:
-    """Dollars for a plan's calls: generation calls (tree + leaves, or the baselines' calls) priced with
-    llm's price, teacher calls with the teacher's. Input tokens are estimated from this task's rendered
-    requests; output tokens are the plan's max_tokens bounds (`upper_bound_usd`) or LIKELY_FILL of them
-    (`likely_usd`). In batch mode (llm.runtime.mode=batch) every call but tree building is priced at the
-    batch discount."""
-    tree = estimate.get("tree") or {}
-    k = int(estimate.get("samples_per_call") or task.profile.samples_per_call)
-    gen_calls_max = int(tree.get("calls_max", 0)) + int(estimate.get("leaf_calls", 0)) or int(
-        (estimate.get("generation_calls") or {}).get("expected", 0))
-    gen_out_max = int(tree.get("completion_tokens_max", 0)) + int(estimate.get("leaf_completion_tokens_max", 0)) or (
-        gen_calls_max * task.sample_max_tokens(k))
-    teacher_calls = estimate.get("teacher_calls") or {}
-    t_expected = int(teacher_calls.get("expected", 0))
-    t_max = int(teacher_calls.get("max", t_expected * (1 + task.teacher_profile.response_retries)))
-    t_out_max = int(estimate.get("teacher_completion_tokens_max", t_max * task.teacher_profile.response_max_tokens))
-    sample = {f.name: "word " * 40 for f in task.fields}  # a typical ~200-character field
-    gen_in = _request_tokens(task.sample_request([], k, seed=0, temperature=1.0, max_tokens=1))
-    t_in = _request_tokens(task.response_request(task.build_prompt(sample), sample, seed=0))
-    gen_price = price_of(cfg.llm)
-    t_price = price_of(cfg.teacher) if cfg.get("teacher") is not None else gen_price
-    tree_calls, tree_out = int(tree.get("calls_max", 0)), int(tree.get("completion_tokens_max", 0))
-
-    def generation(fill: float) -> float:  # tree building online, the rest batchable
-        return (gen_price.cost(tree_calls * gen_in, tree_out * fill)
-                + gen_price.cost((gen_calls_max - tree_calls) * gen_in, (gen_out_max - tree_out) * fill, batched=True))
-
-    upper = generation(1.0) + t_price.cost(t_max * t_in, t_out_max, batched=True)
-    likely = generation(LIKELY_FILL) + t_price.cost(
-        t_expected * t_in, t_expected * task.teacher_profile.response_max_tokens * LIKELY_FILL, batched=True)
-    return {"likely_usd": round(likely, 2), "upper_bound_usd": round(upper, 2),
-            "price_per_million_tokens": {"generator": gen_price.as_dict(), "teacher": t_price.as_dict()},
-            "prompt_tokens_per_call": {"generation": gen_in, "teacher": t_in}, "likely_fill": LIKELY_FILL}
-
-
-def _plan(cls: type[Method], cfg: DictConfig, task: Any, size: int, out: Path) -> dict[str, Any]:
-    env = MethodEnv(llm=None, task=task, cfg=cfg.method, seed=int(cfg.seed), work_dir=out, root_cfg=cfg)  # type: ignore[arg-type]
-    estimate = cls(env).plan(size)
-    if estimate is None:
-        raise TreesynthError(f"method {cfg.method.name!r} has no plan mode; drop method.plan_only")
-    estimate["cost"] = plan_cost(estimate, cfg, task)
-    atomic_write_json(out / "plan.json", estimate)
-    print(f"[plan] {cfg.method.name} on {task.name}, data.size={size}: nothing was run")
-    print(json.dumps(estimate, indent=2))
-    c = estimate["cost"]
-    print(f"[plan] expected cost: ${c['likely_usd']:,.2f} (upper bound ${c['upper_bound_usd']:,.2f}) at "
-          f"${c['price_per_million_tokens']['generator']['input']:g}/${c['price_per_million_tokens']['generator']['output']:g}"
-          f" per million input/output tokens ({cfg.llm.get('model')})"
-          + (f"; batch mode: all but tree building at {d:.0%} off" if (d := price_of(cfg.llm).batch_discount) else ""))
-    return {"plan": estimate}
