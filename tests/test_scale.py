@@ -136,6 +136,8 @@ def test_progress_lines_in_a_log_while_it_works(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[synthesize] records ")]
     assert len(lines) >= 3, lines
     assert "/40 (" in lines[-1] and "requests " in lines[-1] and "$0.0000" in lines[-1] and "tokens " in lines[0]
+    assert lines[-1].startswith("[synthesize] records 40/40 (100%)") and lines[-1].endswith("| finished")
+    assert all("finished" not in line for line in lines[:-1])  # the timer's lines come while it works
     assert metrics["progress"]["elapsed_s"] > 0
 
 

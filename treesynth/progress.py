@@ -3,7 +3,7 @@ requests/s, tokens and dollars so far.
 
 On a terminal it is a live tqdm bar; in a log or under a launcher (no TTY) it is one log line every
 `progress.every_s` seconds (conf/config.yaml), written by a timer thread, so a stage stuck on a slow endpoint
-still reports. `progress.bar`: auto (bar on a TTY) | always | never. The totals stay in the stage metrics
+still reports, and a last one with the final counts when it ends (if it reported at all). `progress.bar`: auto (bar on a TTY) | always | never. The totals stay in the stage metrics
 (`Progress.totals()`), the lines are only the live view.
 """
 
@@ -152,6 +152,9 @@ class Progress:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+            if self.lines:  # a stage long enough to have reported ends with its final counts too
+                log.info("%s | finished", self.line())
+                self.lines += 1
         if self._bar is not None:
             self._bar.close()
 
