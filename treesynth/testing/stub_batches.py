@@ -60,11 +60,7 @@ class StubBatches:
 
     seed: int
 
-    def _init_batches(self, delay: float, expire_after: int | None, error_rate: float, error_attempts: int) -> None:
-        self.batch_delay = delay
-        self.batch_expire_after = expire_after
-        self.batch_error_rate = error_rate
-        self.batch_error_attempts = error_attempts
+    def _init_batches(self) -> None:  # batch_delay / _expire_after / _error_rate / _error_attempts: StubServer's options
         self.batches: dict[str, dict] = {}
         self.files: dict[str, bytes] = {}
         self.batch_line_errors = 0

@@ -100,44 +100,32 @@ def _damaged(reply: StubReply, fault: str) -> StubReply:
     return StubReply(json.dumps({"stub_fault": value} if isinstance(value, list) else [value]))
 
 
+@dataclass(eq=False)
 class StubServer(StubBatches):
-    def __init__(
-        self,
-        latency: Latency = 0.0,
-        slots: int = 64,
-        seed: int = 0,
-        respond: Responder | None = None,
-        fail_first: int | None = 0,
-        fail_status: int = 500,
-        retry_after: float | None = 1.0,
-        hang: bool = False,
-        fault_kind: str | None = None,
-        fault_rate: float = 0.0,
-        fault_attempts: int = 1,
-        hang_s: float = 5.0,
-        model: str = "stub-model",
-        port: int = 0,
-        batch_delay: float = 0.0,
-        batch_expire_after: int | None = None,
-        batch_error_rate: float = 0.0,
-        batch_error_attempts: int = 1,
-    ):
-        self.latency = latency
-        self.slots = slots
-        self.respond = respond
-        self.fail_first = fail_first
-        self.fail_status = fail_status
-        self.retry_after = retry_after
-        self.hang = hang
-        if fault_kind is not None and fault_kind not in FAULT_KINDS:
-            raise ValueError(f"fault_kind {fault_kind!r}: choose from {FAULT_KINDS}")
-        self.fault_kind = fault_kind
-        self.fault_rate = fault_rate
-        self.fault_attempts = fault_attempts
-        self.hang_s = hang_s
-        self.seed = seed
-        self.model = model
-        self.port = port
+    """Options as keyword arguments (`StubServer(latency=0.2, slots=256, fault_kind="429")`)."""
+
+    latency: Latency = 0.0
+    slots: int = 64
+    seed: int = 0
+    respond: Responder | None = None
+    fail_first: int | None = 0
+    fail_status: int = 500
+    retry_after: float | None = 1.0
+    hang: bool = False
+    fault_kind: str | None = None
+    fault_rate: float = 0.0
+    fault_attempts: int = 1
+    hang_s: float = 5.0
+    model: str = "stub-model"
+    port: int = 0
+    batch_delay: float = 0.0
+    batch_expire_after: int | None = None
+    batch_error_rate: float = 0.0
+    batch_error_attempts: int = 1
+
+    def __post_init__(self) -> None:
+        if self.fault_kind is not None and self.fault_kind not in FAULT_KINDS:
+            raise ValueError(f"fault_kind {self.fault_kind!r}: choose from {FAULT_KINDS}")
         self.requests = 0
         self.answered = 0
         self.inflight = 0
@@ -147,8 +135,8 @@ class StubServer(StubBatches):
         self.faults: Counter[str] = Counter()
         self.fault_candidates = 0
         self._attempts: Counter[str] = Counter()  # body hash -> attempts seen
-        self._init_batches(batch_delay, batch_expire_after, batch_error_rate, batch_error_attempts)
-        self._rng = random.Random(seed)
+        self._init_batches()
+        self._rng = random.Random(self.seed)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
