@@ -34,7 +34,8 @@ from treesynth.tracking import Tracker
 log = logging.getLogger("treesynth")
 
 RUNTIME_KEY = "runtime"
-MONEY_KEYS = {"llm": ("budget_usd", "price", "prices"), "teacher": ("budget_usd", "price", "prices")}
+_MONEY = ("budget_usd", "price", "prices")
+MONEY_KEYS = {"llm": _MONEY, "teacher": _MONEY}
 
 
 @dataclass(frozen=True)
@@ -95,15 +96,22 @@ def stage_config(cfg: DictConfig, stage: Stage) -> dict:
     return out
 
 
-def stage_key(cfg: DictConfig, name: str) -> str:
+def _payload(cfg: DictConfig, name: str, keys: dict[str, str]) -> dict:
+    """What stage `name`'s key hashes; `keys` memoizes the upstream keys (each stage's config slice and
+    input digests, which read data files, are computed once per call)."""
     stage = STAGES[name]
-    payload = {
-        "stage": name,
-        "config": stage_config(cfg, stage),
-        "upstream": {up: stage_key(cfg, up) for up in stage.after},
-    }
-    blob = json.dumps(payload, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    for up in stage.after:
+        if up not in keys:
+            keys[up] = _hash(_payload(cfg, up, keys))
+    return {"stage": name, "config": stage_config(cfg, stage), "upstream": {up: keys[up] for up in stage.after}}
+
+
+def _hash(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def stage_key(cfg: DictConfig, name: str) -> str:
+    return _hash(_payload(cfg, name, {}))
 
 
 def stage_dir(cfg: DictConfig, name: str) -> Path:
@@ -137,9 +145,16 @@ def _entry(stage: Stage) -> Callable[[StageContext], dict]:
 
 def stage_context(cfg: DictConfig, name: str, tracker: Any = None) -> StageContext:
     """What stage `name` receives under this config: its key, its artifact dir, its upstream stages' dirs."""
-    key = stage_key(cfg, name)
-    return StageContext(cfg=cfg, stage=name, key=key, dir=Path(cfg.paths.artifacts) / name / key,
-                        inputs={up: stage_dir(cfg, up) for up in STAGES[name].after}, tracker=tracker)
+    return _context(cfg, name, tracker)[0]
+
+
+def _context(cfg: DictConfig, name: str, tracker: Any = None) -> tuple[StageContext, dict]:
+    """(the stage's context, the config slice its key hashes), from one pass over the key payloads."""
+    payload = _payload(cfg, name, {})
+    root, key = Path(cfg.paths.artifacts), _hash(payload)
+    ctx = StageContext(cfg=cfg, stage=name, key=key, dir=root / name / key,
+                       inputs={up: root / up / k for up, k in payload["upstream"].items()}, tracker=tracker)
+    return ctx, payload["config"]
 
 
 def run_unrecorded(cfg: DictConfig, name: str) -> dict:
@@ -154,11 +169,11 @@ def run_stage(cfg: DictConfig, name: str, tracker: Any = None) -> dict:
     """Run one stage unless its artifact already exists; return its metrics. A full or read-only artifacts
     filesystem is one WriteFailed line naming the path, and the stage stays unfinished (no stage.json), so a
     rerun after freeing space redoes it, resuming from its checkpoints."""
-    return _run(stage_context(cfg, name, tracker))
+    return _run(*_context(cfg, name, tracker))
 
 
-def _run(ctx: StageContext) -> dict:
-    cfg, name, key, out = ctx.cfg, ctx.stage, ctx.key, ctx.dir
+def _run(ctx: StageContext, key_config: dict) -> dict:
+    name, key, out = ctx.stage, ctx.key, ctx.dir
     stage = STAGES[name]
     done = out / DONE_FILE
     with reporting_write_failures(out), file_lock(out.parent / f"{key}.lock"):
@@ -168,7 +183,7 @@ def _run(ctx: StageContext) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         resumed = any(p.name != "stage_config.json" for p in out.iterdir())
         log.info("[%s] %s (key %s) in %s", name, "resuming" if resumed else "running", key, out)
-        atomic_write_json(out / "stage_config.json", scrub_secrets(stage_config(cfg, stage)))  # the key hashes the values
+        atomic_write_json(out / "stage_config.json", scrub_secrets(key_config))  # the key hashes the values
         t0 = time.time()
         metrics = _entry(stage)(ctx) or {}
         metrics = {**metrics, "seconds": round(time.time() - t0, 2)}
@@ -232,8 +247,8 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path) -> dict:
     summary: dict[str, Any] = {"config": config, "command": invocation(), "stages": {}, "artifacts": {}}
     try:
         for name in order:
-            ctx = stage_context(cfg, name, tracker)
-            metrics = _run(ctx)
+            ctx, key_config = _context(cfg, name, tracker)
+            metrics = _run(ctx, key_config)
             summary["stages"][name] = metrics
             summary["artifacts"][name] = str(ctx.dir)
             tracker.log_stage(name, metrics, ctx.dir, ctx.inputs)
