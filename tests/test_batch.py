@@ -320,3 +320,39 @@ def test_sigkill_while_batch_in_progress_then_rerun_pays_nothing_twice(tmp_path)
     m = summary["stages"]["synthesize"]["llm"]
     assert m["batches_resumed"] == 1 and m["batches"] == len(srv.batches) - 1
     assert summary["stages"]["synthesize"]["records"] == 6
+
+
+def test_a_transient_batch_endpoint_failure_is_retried():
+    """A 500 from /v1/batches is waited out with the online backend's backoff and retried (the Batch API
+    client called a backoff the backend no longer had, so its first retry raised AttributeError)."""
+    from aiohttp import web
+
+    from treesynth.llm.batch_api import BatchAPI
+    from treesynth.llm.openai_compat import OpenAIBackend
+
+    calls = []
+
+    async def batches(request: web.Request) -> web.Response:
+        calls.append(await request.json())
+        if len(calls) == 1:
+            return web.Response(status=500, text="try again")
+        return web.json_response({"id": "batch_1", "status": "validating"})
+
+    async def go() -> dict:
+        app = web.Application()
+        app.router.add_post("/v1/batches", batches)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        backend = OpenAIBackend({"backend": "openai", "model": "m", "api_key_env": None, "runtime": {
+            "base_urls": [f"http://127.0.0.1:{port}/v1"], "max_retries": 2, "backoff_base_s": 0.01}})
+        api = BatchAPI(backend)
+        try:
+            return await api.create("file_1", "24h", {})
+        finally:
+            await api.close()
+            await runner.cleanup()
+
+    assert asyncio.run(go())["id"] == "batch_1" and len(calls) == 2

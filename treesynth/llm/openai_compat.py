@@ -177,8 +177,12 @@ class OpenAIBackend(Backend):
         failure = state.outcome.exception() if state.outcome else None
         if isinstance(failure, Failure) and failure.cooled:
             return 0.0  # after a 429 the URL's cooldown is the wait
-        # Full jitter: uniform over [0, capped exponential] spreads retries of a burst apart.
-        return self._rng.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2 ** (state.attempt_number - 1)))
+        return self.backoff_s(state.attempt_number - 1)
+
+    def backoff_s(self, attempt: int) -> float:
+        """The wait after failed attempt `attempt` (0-based); also the Batch API client's (batch_api.py).
+        Full jitter: uniform over [0, capped exponential] spreads retries of a burst apart."""
+        return self._rng.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2 ** attempt))
 
     def _count_retry(self, state: tenacity.RetryCallState) -> None:
         self.transport_stats.retries += 1
