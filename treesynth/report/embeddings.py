@@ -15,13 +15,6 @@ from treesynth.report.plots import safe_name
 TSNE_MAX_PER_METHOD = 1000  # t-SNE is O(n log n) but slow on CPU; a sample shows the spread
 
 
-def _record_text(record: dict[str, Any], field: str) -> str:
-    """The text the diversity metrics measure (config diversity.text: prompt | completion | both)."""
-    if field == "both":
-        return f"{record.get('prompt', '')}\n{record.get('completion', '')}"
-    return str(record.get(field, ""))
-
-
 def _embeddings(run: Run, data: Path) -> Any:
     """Embeddings of a run's records for the t-SNE: the diversity stage's cached file when one exists
     for exactly these texts, else a sample of TSNE_MAX_PER_METHOD embedded now (cached in the store)."""
@@ -29,19 +22,17 @@ def _embeddings(run: Run, data: Path) -> Any:
 
     from treesynth.metrics.diversity import sample_indices
     from treesynth.metrics.embed import cache_key, cached_embeddings
+    from treesynth.metrics.stage import record_texts
 
-    field = str(run.cfg("diversity.text", "prompt"))
     model = str(run.cfg("diversity.embedding_model", "embedded"))
-    texts = [_record_text(r, field) for r in iter_jsonl(data / "data.jsonl")]
+    texts = record_texts(list(iter_jsonl(data / "data.jsonl")), str(run.cfg("diversity.text", "prompt")))
     if not texts:
         return np.zeros((0, 1), dtype=np.float32)
     keep = sample_indices(len(texts), TSNE_MAX_PER_METHOD, 0)
-    div_dir = (run.summary.get("artifacts") or {}).get("diversity")
-    key = cache_key(texts, model)
-    for folder in ([Path(div_dir), Path(div_dir) / "embeddings"] if div_dir else []):
-        if (folder / f"{key}.f16.npy").exists():
-            return np.load(folder / f"{key}.f16.npy")[keep]
     store = artifact_cache(str(run.cfg("paths.artifacts", data.parent.parent)), "embeddings")
+    whole = store / f"{cache_key(texts, model)}.f16.npy"  # what the diversity stage embedded
+    if whole.exists():
+        return np.load(whole)[keep]
     return cached_embeddings([texts[i] for i in keep], model, store)[0]
 
 
