@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from treesynth.errors import TreesynthError
-from treesynth.io import atomic_write_json, atomic_write_text, read_jsonl
+from treesynth.io import Checkpoint, atomic_write_json, atomic_write_text, read_jsonl
 from treesynth.llm import ChatRequest, derive_seed
-from treesynth.methods.base import Checkpoint, Method, MethodEnv, PromptRecord, gather_logged
+from treesynth.methods.base import Method, MethodEnv, PromptRecord, gather_logged
 from treesynth.methods.treesynth import TreeSynth
 from treesynth.prompts import render
 from treesynth.tree.node import Node, Tree

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Protocol
 
 from omegaconf import DictConfig
 
-from treesynth.io import Checkpoint, JsonlAppender, encode_line  # noqa: F401  (Checkpoint: re-exported for the methods)
+from treesynth.io import JsonlAppender, encode_line
 from treesynth.llm import LLM
 from treesynth.tasks import TaskSpec
 

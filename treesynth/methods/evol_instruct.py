@@ -78,6 +78,7 @@ class EvolInstruct(Method):
         s = load(env.cfg, EvolInstructMethod, "method")
         self.rounds, self.pool_size, self.temperature = s.rounds, s.seed_pool, s.temperature
         self.copy_threshold, self.operations, self.seed_mode = s.copy_threshold, s.operations, s.seeds
+        self.seed_file = s.seed_file
         if unknown := sorted(set(self.operations) - set(OPERATIONS)):
             raise TreesynthError(f"method.operations: unknown {unknown}; choose from {list(OPERATIONS)}")
         self.seed_source: str | None = None
@@ -92,7 +93,7 @@ class EvolInstruct(Method):
         if not task.human:
             return None
         try:
-            rows = load_human(task.name, task.human, self.env.root_cfg.data.dir, self.env.cfg.get("seed_file"))
+            rows = load_human(task.name, task.human, self.env.root_cfg.data.dir, self.seed_file)
         except DataUnavailable:
             return None
         names = [f.name for f in task.fields]

@@ -55,7 +55,8 @@ class PersonaHub(CallStream):
 
     def __init__(self, env: MethodEnv):
         super().__init__(env)
-        self.pool_size = load(env.cfg, PersonaHubMethod, "method").pool_size
+        s = load(env.cfg, PersonaHubMethod, "method")
+        self.pool_size, self.persona_file = s.pool_size, s.persona_file
         self.pool_path = env.work_dir / "personas.json"
         self.source: str | None = None
         self.pool: list[str | None] = []
@@ -85,7 +86,7 @@ class PersonaHub(CallStream):
 
     def _given_pool(self) -> tuple[str, list[str | None] | None]:
         rng = random.Random(derive_seed(self.env.seed, "personas"))
-        file = self.env.cfg.get("persona_file")
+        file = self.persona_file
         if file:
             personas, source = read_persona_file(Path(file)), "file"
         else:
