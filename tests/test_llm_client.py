@@ -219,6 +219,63 @@ def test_admission_bounds_a_fan_out_and_nests() -> None:
     assert all(c.ok for c in asyncio.run(go()))  # a second event loop gets its own gate
 
 
+def test_admitted_first_waiters_go_before_the_others() -> None:
+    """The gate hands a freed place to a waiter of `admitted_first()` before any other, whatever came first."""
+    from treesynth.llm.admission import AdmissionGate, admitted_first
+
+    async def go() -> list[str]:
+        gate, order = AdmissionGate(1), []
+        await gate.acquire()  # the one place is taken: everyone below waits
+
+        async def wait(name: str) -> None:
+            await gate.acquire()
+            order.append(name)
+            gate.release()
+
+        others = [asyncio.create_task(wait(f"other{i}")) for i in range(3)]
+        await asyncio.sleep(0)
+        with admitted_first():
+            first = [asyncio.create_task(wait(f"first{i}")) for i in range(2)]
+        await asyncio.sleep(0)
+        cancelled = asyncio.create_task(wait("gone"))
+        await asyncio.sleep(0)
+        cancelled.cancel()  # a cancelled waiter is skipped, its place not lost
+        gate.release()
+        await asyncio.gather(*others, *first)
+        assert gate.free == 1
+        return order
+
+    assert asyncio.run(go()) == ["first0", "first1", "other0", "other1", "other2"]
+
+
+def test_gather_starts_calls_only_once_admitted_and_keeps_their_order() -> None:
+    """LLM.gather: results (and exceptions) in call order; never more calls started than admission places."""
+
+    class Slots(Backend):
+        model, parallel = "slots-model", 2
+
+        async def complete(self, request: ChatRequest) -> Completion:
+            return ok()
+
+    llm = LLM(Slots())
+    started = running = peak = 0
+
+    async def call(i: int) -> int:
+        nonlocal started, running, peak
+        started += 1
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.001 * (i % 3))
+        running -= 1
+        if i == 5:
+            raise ValueError("five")
+        return i
+
+    out = asyncio.run(llm.gather(call(i) for i in range(30)))
+    assert [x for x in out if not isinstance(x, BaseException)] == [i for i in range(30) if i != 5]
+    assert isinstance(out[5], ValueError) and started == 30 and peak == llm.admission_limit == 4
+
+
 def test_cache_key_is_the_sha256_of_the_sorted_request_json() -> None:
     """The key's definition is fixed (a changed one would re-pay every cached call of a resumed run), and
     it tells apart what changes an answer."""

@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from treesynth.llm.admission import admitted_first
 from treesynth.llm.base import Backend, ChatRequest, Completion, LLMError, online_requests
 from treesynth.llm.cache import RequestCache
 from treesynth.llm.client import (
@@ -59,6 +60,7 @@ __all__ = [
     "BudgetExceeded",
     "Price",
     "Backend",
+    "admitted_first",
     "ChatRequest",
     "Completion",
     "LLMError",

@@ -21,11 +21,13 @@ import contextlib
 import contextvars
 import functools
 import hashlib
+import inspect
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import jsonschema
 import jsonschema_rs
@@ -33,6 +35,7 @@ import orjson
 from tqdm.auto import tqdm
 
 from treesynth.errors import TreesynthError
+from treesynth.llm.admission import AdmissionGate
 from treesynth.llm.base import Backend, ChatRequest, Completion, LLMError, batchable
 from treesynth.llm.cache import RequestCache
 
@@ -175,8 +178,18 @@ def _unusable(c: Completion) -> bool:
     return _invalid_json(c) or (c.error is None and c.finish_reason == "length")
 
 
+T = TypeVar("T")
 ADMIT_PER_SLOT = 2  # requests admitted per backend slot: the next ones are ready when a slot frees
 _ADMITTED = contextvars.ContextVar("treesynth_llm_admitted", default=False)
+
+
+async def _holding(gate: AdmissionGate, call: Awaitable[T]) -> T:
+    """Run `call` in a place of `gate` that is already held (`LLM.gather`), then give the place back."""
+    _ADMITTED.set(True)  # this task's own context: its requests are not gated again
+    try:
+        return await call
+    finally:
+        gate.release()
 
 
 class LLM:
@@ -189,14 +202,12 @@ class LLM:
         self.budget = budget
         self.answer_retries = int(getattr(backend, "answer_retries", 0))
         self.stats = LLMStats(transport=getattr(backend, "transport_stats", None))
-        # A backend that serves a fixed number of requests at once (`parallel`: HTTP slots) gets at most
-        # ADMIT_PER_SLOT x that many requests keyed, looked up and queued at a time. Thousands started
-        # together (a chunk's gather) would otherwise do that work in one event-loop turn, during which
-        # no answer is read and the slots stand idle. Batching backends (in-process, Batch API) want every
-        # request at once and declare no `parallel`.
+        # A backend that serves `parallel` requests at once (HTTP slots) gets ADMIT_PER_SLOT x that many
+        # admitted at a time (treesynth/llm/admission.py). Batching backends (in-process, Batch API) want
+        # every request at once and declare no `parallel`.
         parallel = getattr(backend, "parallel", None)
         self._admit = ADMIT_PER_SLOT * int(parallel) if parallel else None
-        self._gate: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
+        self._gate: AdmissionGate | None = None
 
     @property
     def model(self) -> str:
@@ -206,7 +217,7 @@ class LLM:
     async def admission(self) -> AsyncIterator[None]:
         """Hold one admission place (see __init__) for a piece of work that ends in requests, such as
         rendering a prompt and then asking for it: a fan-out of thousands waits here before doing any of
-        that work. Requests made inside are not gated again."""
+        that work. Requests made inside are not gated again. Work inside `admitted_first()` goes first."""
         if self._admit is None or _ADMITTED.get():
             yield
             return
@@ -217,11 +228,44 @@ class LLM:
             finally:
                 _ADMITTED.reset(token)
 
-    def _gate_of_loop(self) -> asyncio.Semaphore:
-        loop = asyncio.get_running_loop()
-        if self._gate is None or self._gate[0] is not loop:  # a semaphore belongs to one event loop
-            self._gate = (loop, asyncio.Semaphore(self._admit or 1))
-        return self._gate[1]
+    def _gate_of_loop(self) -> AdmissionGate:
+        if self._gate is None or self._gate.loop is not asyncio.get_running_loop():  # one per event loop
+            self._gate = AdmissionGate(self._admit or 1)
+        return self._gate
+
+    @property
+    def admission_limit(self) -> int | None:
+        """Requests admitted at a time (None: no gate, every request at once)."""
+        return self._admit
+
+    async def gather(self, calls: Iterable[Awaitable[T]]) -> list[T | BaseException]:
+        """`asyncio.gather(*calls, return_exceptions=True)`, each call started once it holds an admission
+        place. Up to the gate's limit of places are asked for ahead (so a release goes to this fan-out when
+        it is `admitted_first`), but only calls holding one exist as tasks: a fan-out of thousands neither
+        renders its requests in one event-loop turn nor keeps thousands of tasks waiting, each a dozen
+        objects that every full garbage collection scans while the loop stands still."""
+        if self._admit is None or _ADMITTED.get():
+            return await asyncio.gather(*calls, return_exceptions=True)
+        gate, todo = self._gate_of_loop(), list(calls)
+        asked = deque(gate.reserve() for _ in range(min(len(todo), self._admit)))
+        tasks: list[asyncio.Future] = []
+        try:
+            for call in todo:
+                await asked[0]
+                asked.popleft()
+                tasks.append(asyncio.ensure_future(_holding(gate, call)))
+                if len(tasks) + len(asked) < len(todo):
+                    asked.append(gate.reserve())
+        except BaseException:
+            for waiter in asked:
+                gate.give_up(waiter)
+            for t in tasks:
+                t.cancel()
+            for call in todo[len(tasks):]:
+                if inspect.iscoroutine(call):
+                    call.close()  # never started: no "never awaited" warning
+            raise
+        return await asyncio.gather(*tasks, return_exceptions=True)
 
     async def complete(self, request: ChatRequest) -> Completion:
         if self._admit is None or _ADMITTED.get():

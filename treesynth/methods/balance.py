@@ -106,7 +106,7 @@ class TreeSynthBalance(Method):
     async def route_all(self, tree: Tree) -> None:
         todo = [(self._key(i, r), r) for i, r in enumerate(self.source) if self._key(i, r) not in self.routed]
         await gather_logged((self.route(tree, r, k) for k, r in todo), self.routes,
-                            keep=lambda row: self.routed.update({row["id"]: row}))
+                            keep=lambda row: self.routed.update({row["id"]: row}), llm=self.env.llm)
 
     def buckets(self, tree: Tree) -> dict[str, list[int]]:
         """Bucket (leaf id or `unrouted`) -> source record indices, seeded order."""

@@ -170,6 +170,9 @@ class KeyedLog:
             self._appender = None
 
 
+LOG_SLICE = 256  # rows gather_logged appends between two turns of the event loop
+
+
 class AppendLog(Protocol):
     """What `gather_logged` writes to: a `Checkpoint` or a `KeyedLog`."""
 
@@ -179,19 +182,22 @@ class AppendLog(Protocol):
 
 
 async def gather_logged(calls: Iterable[Awaitable[dict]], log: AppendLog,
-                        keep: Callable[[dict], None] | None = None) -> None:
+                        keep: Callable[[dict], None] | None = None, llm: LLM | None = None) -> None:
     """Run `calls` concurrently, then append the rows they returned to `log` in call order (each handed to
     `keep` first, e.g. to index it), so a replay of the log sees the same order whatever finished first.
     A call that raised (a budget stop) does not stop the others: every row that came back is logged before
     the first error is re-raised, so none is paid for twice. The log is closed on every path (an
-    interrupt too), which writes out what a `KeyedLog` still buffers."""
+    interrupt too), which writes out what a `KeyedLog` still buffers. With `llm` (the one the calls ask),
+    each call starts once that LLM admits it (`LLM.gather`)."""
     try:
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        for row in results:
+        results = await (asyncio.gather(*calls, return_exceptions=True) if llm is None else llm.gather(calls))
+        for i, row in enumerate(results):
             if not isinstance(row, BaseException):
                 if keep is not None:
                     keep(row)
                 log.append(row)
+            if i % LOG_SLICE == LOG_SLICE - 1:
+                await asyncio.sleep(0)  # answers in flight are taken in between
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]

@@ -161,7 +161,7 @@ class EvolInstruct(Method):
             await self.seed_for(0)  # decide the seed source once, before the positions run concurrently
             if self.sampler is not None:  # generate the temperature seeds up front (once, not per position)
                 await self.sampler.ensure(min(max(missing) + 1, self.pool_size))
-            await gather_logged((self.evolve(p) for p in missing), self.log)
+            await gather_logged((self.evolve(p) for p in missing), self.log, llm=self.env.llm)
         rows = self.log.get_many(range(start, stop))
         out = []
         for p in range(start, stop):

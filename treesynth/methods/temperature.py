@@ -64,7 +64,7 @@ class CallStream(Method):
         finished are logged even when another one raised (a budget stop): none is paid for twice."""
         missing = [c for c in range(start // self.k, math.ceil(n / self.k)) if c not in self.calls]
         if missing:
-            await gather_logged((self.call(c) for c in missing), self.calls)
+            await gather_logged((self.call(c) for c in missing), self.calls, llm=self.env.llm)
 
     async def positions(self, n: int, start: int = 0) -> dict[int, tuple[dict, int, dict]]:
         """Stream position -> (call row, slot, sample) for the positions in [start, n) that succeeded."""

@@ -204,7 +204,8 @@ class TreeSynth(Method):
             if not todo:
                 return
             # appended in call order: the checkpoint replays the same sample order
-            await gather_logged((self._call(tree.nodes[leaf], c) for leaf, c in todo), self.log, keep=self._index)
+            await gather_logged((self._call(tree.nodes[leaf], c) for leaf, c in todo), self.log, keep=self._index,
+                                llm=self.env.llm)
 
     async def _call(self, leaf: Node, call: int) -> dict:
         assert self.tree is not None
