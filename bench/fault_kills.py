@@ -172,9 +172,9 @@ def install_hook(hook: str) -> None:
         return
     what, _, arg = hook.partition(":")
     if what == "hygiene":
-        import treesynth.synthesize as synth
+        import treesynth.fill as fill
 
-        real = synth.apply_hygiene
+        real = fill.apply_hygiene
 
         async def hygiene(*args: Any) -> Any:
             if arg == "enter":
@@ -183,7 +183,7 @@ def install_hook(hook: str) -> None:
             _die()
             return out
 
-        synth.apply_hygiene = hygiene
+        fill.apply_hygiene = hygiene
     elif what == "replace":
         real_replace = os.replace
 

@@ -101,6 +101,34 @@ def test_exact_size_with_teacher_failures_and_refill(tmp_path, monkeypatch):
     assert metrics["llm"]["calls"] > 0 and "tree_leaves" in metrics
 
 
+def test_generation_runs_ahead_of_the_teacher_instead_of_waiting_for_its_stragglers(tmp_path, monkeypatch):
+    # A backend with 4 slots (8 admitted), instant generation and a slow teacher (5-40 ms an answer), chunks
+    # of 8 positions. The generator must not wait for a chunk's last teacher answers: chunk 3's first
+    # generation call goes out before the teacher has answered all of chunk 1 (a chunk-by-chunk stage
+    # started it only after).
+    events: list[tuple[str, int]] = []
+    plain = ScriptedBackend.complete
+
+    async def complete(self, request):
+        if (request.json_schema or {}).get("title") == "response":
+            await asyncio.sleep(0.005 * (1 + request.seed % 8))
+            out = await plain(self, request)
+            events.append(("answered", sum(e[0] == "answered" for e in events) + 1))
+            return out
+        events.append(("generate", sum(e[0] == "generate" for e in events) + 1))
+        return await plain(self, request)
+
+    monkeypatch.setattr(ScriptedBackend, "parallel", 4, raising=False)
+    monkeypatch.setattr(ScriptedBackend, "complete", complete)
+    cfg = compose_config(["llm=scripted", "stages=[synthesize]", "method=temperature", "data.size=40",
+                          "data.runtime.chunk=8", "data.hygiene.decontaminate=false"], tmp_path)
+    metrics = run_stage(cfg, "synthesize")
+    answered_before_chunk3 = max((n for kind, n in events[: events.index(("generate", 17))] if kind == "answered"),
+                                 default=0)
+    assert answered_before_chunk3 < 8
+    assert metrics["records"] == 40 == metrics["teacher_asked"] and metrics["prompts_generated"] == 40
+
+
 def test_plan_only_runs_nothing(tmp_path, capsys):
     cfg = compose_config([*BASE, "method.plan_only=true", "data.size=24", "llm.runtime.delay_s=100"], tmp_path)
     metrics = run_stage(cfg, "synthesize")

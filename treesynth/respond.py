@@ -3,17 +3,16 @@
 A completion that does not end in the task's answer format is re-sampled (new derived seed) up to
 the teacher profile's `response.retries` times; a free-text teacher then gets one call for its final
 answer alone (`final_answer_call`), written after its own last text; else the record is marked failed
-(None) and the stage refills it with a new prompt. Every outcome is appended to a checkpoint
-(`response_log`), so a rerun never asks the teacher again for a
-record it already answered, and the request cache covers calls that returned before a kill.
+(None) and the stage refills it with a new prompt. The stage (treesynth/fill.py) appends every outcome to
+a checkpoint (`response_log`), so a rerun never asks the teacher again for a record it already answered,
+and the request cache covers calls that returned before a kill.
 """
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
-from treesynth.llm import LLM, BudgetExceeded, derive_seed
+from treesynth.llm import LLM, derive_seed
 from treesynth.methods.base import KeyedLog, PromptRecord
 from treesynth.tasks import TaskSpec
 
@@ -40,26 +39,3 @@ async def respond_one(llm: LLM, task: TaskSpec, rec: PromptRecord, seed: int) ->
     if req is not None and (completion := task.with_final_answer(work, await llm.complete(req), rec.sample)):
         return completion, tries + 1, True
     return None, tries, False
-
-
-async def respond(llm: LLM, task: TaskSpec, records: list[PromptRecord], seed: int, log: KeyedLog) -> dict[str, dict]:
-    """Answer every record not yet in `log`; append each outcome to it; return id -> row for `records`.
-    When the budget stops new calls, the calls already in flight still finish (and are logged and cached)
-    before BudgetExceeded is raised: nothing paid for is lost."""
-    out: dict[str, dict] = {}
-
-    async def one(rec: PromptRecord) -> None:
-        async with llm.admission():  # a chunk's thousands of records wait here, not all rendered at once
-            completion, attempts, final_line = await respond_one(llm, task, rec, seed)
-        row = {"id": rec.id, "completion": completion, "attempts": attempts, **({"final_line": True} if final_line else {})}
-        log.append(row)
-        out[rec.id] = row
-
-    asked = [r for r in records if r.completion is None]
-    out.update(log.get_many(r.id for r in asked))
-    todo = [r for r in asked if r.id not in out]
-    results = await asyncio.gather(*(one(r) for r in todo), return_exceptions=True)
-    errors = [e for e in results if isinstance(e, BaseException)]
-    if errors:
-        raise next((e for e in errors if not isinstance(e, BudgetExceeded)), errors[0])
-    return out

@@ -1,16 +1,18 @@
 """The `synthesize` stage: method -> prompt hygiene -> teacher -> checks -> exactly `data.size` records.
 
-Records stream through the stage one chunk of stream positions at a time, in stream order:
-1. The method (cfg.method.name, treesynth/methods/) yields the prompt records at the chunk's positions.
+Records stream through the stage (treesynth/fill.py), in stream order:
+1. The method (cfg.method.name, treesynth/methods/) yields the prompt records of the next chunk of
+   stream positions.
 2. Prompt hygiene (dedup / decontamination, `Hygiene`) drops prompts BEFORE the teacher is asked: no
    teacher call is ever paid for a duplicate or contaminated prompt.
 3. The teacher (cfg.teacher, default: the generator) writes one completion per kept prompt that ends in
    the task's answer format (re-sampled a bounded number of times, else the record is dropped); it is
    asked for no more records than are still missing.
 4. Checks on the completion (decontamination of the completion when configured, data.verify) follow;
-   survivors are written to data.jsonl as they come. Until data.size records are written, the next chunk
-   of positions is generated (refill), bounded.
-What stays in memory per record is small: ids and offsets of the checkpoint logs, the hygiene hashes.
+   survivors are written to data.jsonl as they come. Until data.size records are written, more positions
+   are generated (refill), bounded.
+Generation and the teacher run at once, sharing the request slots. What stays in memory is a few chunks
+of records, plus per record the ids and offsets of the checkpoint logs and the hygiene hashes.
 Outputs in the stage dir: data.jsonl, data.parquet, method artifacts (tree.json, tree.txt, tree.html),
 and the checkpoints that make a killed run resume (responses.jsonl, the method's logs, cost.json).
 The output is the first data.size survivors in stream order, whatever the chunking: the same seed gives
@@ -26,9 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import os
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,39 +38,22 @@ from omegaconf import DictConfig
 
 from treesynth.datasets import benchmark_digests, file_digest, local_data_digest
 from treesynth.errors import TreesynthError
+from treesynth.fill import Fill
 from treesynth.io import atomic_write_json, iter_jsonl, write_failed
-from treesynth.llm import LLM, Budget, BudgetExceeded, build_llm
-from treesynth.methods import Method, MethodEnv, method_class
-from treesynth.methods.base import PromptRecord
-from treesynth.methods.hygiene import Hygiene
-from treesynth.methods.verify import Verifier
+from treesynth.llm import Budget, BudgetExceeded, build_llm
+from treesynth.methods import MethodEnv, method_class
 from treesynth.paths import artifact_cache
 from treesynth.plan import plan
 from treesynth.profiles import used_profiles
 from treesynth.progress import Progress
 from treesynth.progress import configure as configure_progress
-from treesynth.respond import respond, response_log
 from treesynth.settings import LLMSettings, load
 from treesynth.stage_context import StageContext
 from treesynth.tasks import TaskSpec, task_of
 
 log = logging.getLogger("treesynth")
 
-# A run that needs more than this many prompts per record has a generator/teacher problem, not bad luck.
-MAX_POSITIONS_PER_RECORD = 20
 COST_FILE = "cost.json"  # what the runs of this artifact spent, for llm.budget_usd
-
-
-async def apply_hygiene(prompts: list[PromptRecord], hygiene: Hygiene) -> list[PromptRecord]:
-    """Prompt-level dedup + decontamination of one chunk, in stream order: the prompts the teacher gets.
-    Yields to the event loop every few records, so answers in flight are taken in meanwhile."""
-    kept = []
-    for i, p in enumerate(prompts):
-        if hygiene.check({"prompt": p.prompt, **p.sample}) is None:
-            kept.append(p)
-        if i % 32 == 31:
-            await asyncio.sleep(0)
-    return kept
 
 
 def key_inputs(cfg: DictConfig) -> dict[str, Any]:
@@ -107,11 +90,6 @@ def describe_profiles(task: TaskSpec) -> str:
 def request_cache_dir(cfg: DictConfig) -> Path:
     """Shared by every run under the same artifacts root: a killed run's finished calls are reused."""
     return artifact_cache(cfg.paths.artifacts, "llm")
-
-
-def to_row(p: PromptRecord, completion: str, task: str, method: str, extra_meta: dict[str, Any]) -> dict:
-    return {"id": p.id, "task": task, "method": method, "prompt": p.prompt, "completion": completion,
-            "meta": {**p.meta, **extra_meta}}
 
 
 @contextmanager
@@ -208,8 +186,8 @@ async def synthesize(cfg: DictConfig, out: Path) -> dict[str, Any]:
             await teacher.backend.health_check()
         env = MethodEnv(llm=llm, task=task, cfg=cfg.method, seed=int(cfg.seed), work_dir=out, root_cfg=cfg)
         method = cls(env)
-        with _atomic_file(out / "data.jsonl") as partial:
-            counts = await _fill(method, teacher, cfg, size, partial, progress)
+        with _atomic_file(out / "data.jsonl") as partial, open(partial, "w", encoding="utf-8") as data:
+            counts = await Fill(method, teacher, cfg, size, data, progress.set).run()
     except BudgetExceeded as e:
         await _drain_in_flight()
         progress.close()
@@ -243,103 +221,3 @@ async def _drain_in_flight(timeout_s: float = 300.0) -> None:
         for t in done:  # their errors (the same budget stop) are retrieved here, not reported as lost
             if not t.cancelled():
                 t.exception()
-
-
-def _chunk(size: int, kept: int, tried: int, chunk_max: int) -> int:
-    """How many stream positions to generate next: what is missing, scaled by the yield so far (a weak
-    model drops many), at most chunk_max (so memory and work past the target stay bounded)."""
-    deficit = size - kept
-    rate = max(kept / tried, 0.1) if tried else 1.0
-    return max(1, min(chunk_max, math.ceil(deficit / rate)))
-
-
-def _prefetch(method: Method, start: int, survivors: int, size: int, chunk_max: int) -> tuple[asyncio.Future, int, int]:
-    """Start generating the chunk after `start` (sized for `survivors` records so far): (future, start, stop)."""
-    stop = start + _chunk(size, survivors, start, chunk_max)
-    return asyncio.ensure_future(method.prompts_between(start, stop)), start, stop
-
-
-async def _fill(method: Method, teacher: LLM, cfg: DictConfig, size: int, data_path: Path,
-                progress: Progress) -> dict:
-    env = method.env
-    responses = response_log(env.work_dir / "responses.jsonl")
-    hygiene = Hygiene(cfg)
-    # answer verification (data.verify, off by default): one verifier for the stage, its log read by id
-    verifier = Verifier(teacher, env.task, cfg, env.work_dir) if cfg.data.verify.enabled else None
-    extra_meta = {"seed": env.seed, "generator": env.llm.model, "teacher": teacher.model}
-    chunk_max = int(cfg.data.runtime.chunk)
-    max_positions = MAX_POSITIONS_PER_RECORD * size
-    kept = tried = asked = failed = attempts = final_lines = 0
-    verification: Counter = Counter()
-    task, method_name = env.task.name, method.name
-    start = 0
-    pending: tuple[asyncio.Future, int, int] | None = None  # the next chunk, generated while the teacher works
-    try:
-        with open(data_path, "w", encoding="utf-8") as data:
-            while kept < size:
-                if pending is not None:
-                    future, start, stop = pending
-                    pending = None
-                    prompts = await future
-                else:
-                    if start >= max_positions:
-                        raise TreesynthError(
-                            f"only {kept} of data.size={size} records survived after {start} prompts were tried; "
-                            "check the generator/teacher (llm=, teacher=) or lower data.size")
-                    stop = start + _chunk(size, kept, tried, chunk_max)
-                    prompts = await method.prompts_between(start, stop)
-                tried = stop
-                # The next chunk is generated while this one goes through hygiene (CPU on this loop) and the
-                # teacher, so the request slots stay busy through both. It is needed whatever they do
-                # when even every prompt of this chunk surviving leaves records missing...
-                if kept + len(prompts) < size and stop < max_positions:
-                    pending = _prefetch(method, stop, kept + len(prompts), size, chunk_max)
-                fresh = await apply_hygiene(prompts, hygiene)
-                if pending is None and kept + len(fresh) < size and stop < max_positions:
-                    pending = _prefetch(method, stop, kept + len(fresh), size, chunk_max)  # ...or when hygiene does
-                i = 0
-                while i < len(fresh) and kept < size:
-                    batch = fresh[i : i + (size - kept)]  # never more teacher calls than records missing
-                    i += len(batch)
-                    done = await respond(teacher, env.task, batch, env.seed, responses)
-                    responses.forget()  # `done` has this batch's rows; the log keeps offsets only
-                    rows = []
-                    for p in batch:
-                        if p.completion is None:
-                            row = done[p.id]
-                            asked += 1
-                            attempts += row["attempts"]
-                            final_lines += bool(row.get("final_line"))
-                            if row["completion"] is None:
-                                failed += 1
-                                continue
-                            completion = row["completion"]
-                        else:
-                            completion = p.completion
-                        r = to_row(p, completion, task, method_name, extra_meta)
-                        if hygiene.check_completion(r) is None:
-                            rows.append(r)
-                    rows, verified = await verifier.run(rows) if verifier is not None else (rows, {})
-                    verification.update({k: v for k, v in verified.items() if isinstance(v, int | float)})
-                    for r in rows[: size - kept]:
-                        data.write(json.dumps(r, ensure_ascii=False) + "\n")
-                        kept += 1
-                    progress.set(kept)
-                start = stop
-    finally:
-        if pending is not None:
-            try:  # let generation calls in flight finish and be logged (they are paid for)
-                await pending[0]
-            except Exception:  # noqa: BLE001 - the error that ended the stage is already on its way
-                pass
-        responses.close()
-    return {
-        "prompts_generated": tried,
-        "teacher_asked": asked,  # records the teacher was asked about (after prompt hygiene)
-        "teacher_failed": failed,
-        "teacher_attempts": attempts,
-        "teacher_final_line_added": final_lines,
-        "dropped_by_hygiene": hygiene.counts["hygiene_input"] - hygiene.counts.get("hygiene_kept", tried),
-        **hygiene.counts,
-        **dict(verification),
-    }

@@ -9,9 +9,9 @@ extraction is treesynth/answers.py's, the code the evaluation scores with:
   `eval.sandbox`) with its own asserts, or, when it has none, with `tests` assert lines the teacher
   writes; kept when it exits 0.
 - benchmarks without `verify:`: nothing to check; records pass through (`verify_skipped`).
-The stage keeps one `Verifier` and runs it on every batch of surviving records: outcomes are checkpointed
-per record id in `verify.jsonl` (read by id: memory holds ids and offsets; the LLM calls are cached), so
-each record is verified once, also across a kill and a rerun.
+The stage keeps one `Verifier` and asks it for the `outcome` of each surviving record (`run` does a batch):
+outcomes are checkpointed per record id in `verify.jsonl` (read by id: memory holds ids and offsets; the
+LLM calls are cached), so each record is verified once, also across a kill and a rerun.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from evaluation import sandbox
 from treesynth import answers
 from treesynth.benchmarks import Benchmark, benchmark
 from treesynth.llm import LLM, ChatRequest, derive_seed
-from treesynth.methods.base import KeyedLog, gather_logged
+from treesynth.methods.base import KeyedLog
 from treesynth.prompts import render
 from treesynth.settings import Verify as VerifySettings
 from treesynth.settings import load
@@ -129,20 +129,33 @@ class Verifier:
         return {"id": r["id"], "ok": res.passed, "reason": None if res.passed else f"tests_{res.status}",
                 "tests": tests, "own_asserts": not tests}
 
+    async def outcome(self, r: dict) -> dict:
+        """The verification outcome of record `r` ({id, ok, reason, ...}), checked once: read back from
+        verify.jsonl when a batch or an earlier run checked it."""
+        if r["id"] in self.log:
+            return self.log[r["id"]]
+        if self.kind == "execute":
+            sandbox.require_sandbox(self.sandbox_mode)  # one line on what to install, before any record runs
+        o = await (self.self_consistency if self.kind == "self_consistency" else self.execute)(r)
+        self.log.append(o)
+        return o
+
     async def run(self, records: list[dict]) -> tuple[list[dict], dict[str, Any]]:
+        """(the records that pass, counts): `outcome` of each, concurrently. Outcomes that came back are
+        logged even when another check raised (a budget stop)."""
         counts: dict[str, Any] = {"verify_kind": self.kind}
         if self.kind is None:
             return records, {**counts, "verify_skipped": len(records)}
         if self.kind == "execute":
-            sandbox.require_sandbox(self.sandbox_mode)  # one line on what to install, before any record runs
+            sandbox.require_sandbox(self.sandbox_mode)
         self.log.forget()  # outcomes of earlier batches stay on disk
-        todo = [r for r in records if r["id"] not in self.log]
-        check = self.self_consistency if self.kind == "self_consistency" else self.execute
-        await gather_logged((check(r) for r in todo), self.log)
-        done = self.log.get_many(r["id"] for r in records)
-        outcomes = [done[r["id"]] for r in records]
-        kept = [r for r, o in zip(records, outcomes, strict=True) if o["ok"]]
-        reasons = Counter(o["reason"] for o in outcomes if not o["ok"])
+        try:
+            results = await asyncio.gather(*(self.outcome(r) for r in records), return_exceptions=True)
+        finally:
+            self.log.close()  # written out; a later append reopens it
+        if errors := [e for e in results if isinstance(e, BaseException)]:
+            raise errors[0]
+        kept = [r for r, o in zip(records, results, strict=True) if o["ok"]]
+        reasons = Counter(o["reason"] for o in results if not o["ok"])
         return kept, {**counts, "verify_checked": len(records), "verify_failed": len(records) - len(kept),
                       "verify_fail_reasons": dict(reasons)}
-
