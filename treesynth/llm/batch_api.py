@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from typing import Any
 
-import aiohttp
-
 from treesynth.llm.base import Completion
-from treesynth.llm.openai_compat import OpenAIBackend, parse_completion, retry_after_s
+from treesynth.llm.openai_compat import OpenAIBackend, parse_completion
+from treesynth.llm.routing import RETRY_STATUS
+from treesynth.llm.transport import HTTPError, Transport
 
 ENDPOINT = "/v1/chat/completions"
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -25,53 +26,50 @@ class BatchAPIError(Exception):
 
 
 class BatchAPI:
-    """The batch endpoints of the online backend's first base URL (a batch lives on one account), over
-    one aiohttp session: create it inside the event loop that uses it."""
+    """The batch endpoints of the online backend's first base URL (a batch lives on one account), over the
+    backend's transport (transport.py): create it inside the event loop that uses it."""
 
     def __init__(self, online: OpenAIBackend):
         self.online = online
         self.base_url = online.base_urls[0]
-        self.session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {online.api_key()}"},
-                                             trust_env=False)
+        self.transport = Transport(self.base_url, online.api_key(), 4, online.timeout_s)
 
     async def upload(self, payload: bytes, name: str) -> dict:
-        return await self._call("POST", "/files", form=lambda: _form(payload, name))
+        body, content_type = _form(payload, name)
+        return await self._call("POST", "/files", body, content_type, slow=True)
 
     async def create(self, input_file_id: str, completion_window: str, metadata: dict) -> dict:
-        return await self._call("POST", "/batches", json_body={
+        return await self._call("POST", "/batches", json.dumps({
             "input_file_id": input_file_id, "endpoint": ENDPOINT, "completion_window": completion_window,
             "metadata": metadata,
-        })
+        }).encode(), "application/json")
 
     async def status(self, batch_id: str) -> dict:
         return await self._call("GET", f"/batches/{batch_id}")
 
     async def content(self, file_id: str) -> str:
-        return await self._call("GET", f"/files/{file_id}/content", raw=True)
+        return await self._call("GET", f"/files/{file_id}/content", raw=True, slow=True)
 
     async def close(self) -> None:
-        await self.session.close()
+        await self.transport.close()
 
-    async def _call(self, method: str, path: str, json_body: dict | None = None, form: Any = None,
-                    raw: bool = False) -> Any:
-        """One batch API call with the online backend's retry policy (5xx, 408/409/429, timeouts)."""
+    async def _call(self, method: str, path: str, data: bytes | None = None, content_type: str | None = None,
+                    raw: bool = False, slow: bool = False) -> Any:
+        """One batch API call with the online backend's retry policy (5xx, 408/409/429, timeouts, connection
+        errors); `slow`: a file upload or download, allowed 10 minutes."""
         on = self.online
         last = ""
         for attempt in range(on.max_retries + 1):
             pause = None
             try:
-                data = form() if form is not None else None
-                timeout = aiohttp.ClientTimeout(total=max(on.timeout_s, 600 if form is not None or raw else 0))
-                async with self.session.request(method, self.base_url + path, json=json_body, data=data,
-                                                timeout=timeout) as r:
-                    body = await r.read()
-                    if r.status < 400:
-                        return body.decode() if raw else json.loads(body)
-                    last = f"HTTP {r.status}: {body[:200].decode(errors='replace')}"
-                    if r.status < 500 and r.status not in (408, 409, 429):
-                        raise BatchAPIError(f"{method} {path}: {last}")
-                    pause = retry_after_s(r.headers) if r.status == 429 else None
-            except (asyncio.TimeoutError, aiohttp.ClientError, ValueError) as e:
+                r = await self.transport.call(method, path, data, content_type, max(on.timeout_s, 600 if slow else 0))
+                return r.body.decode() if raw else json.loads(r.body)
+            except HTTPError as e:
+                last = f"HTTP {e.status}: {e.message}" if e.kind == "status" else f"{e.kind}: {e.message}"
+                if e.kind == "status" and e.status < 500 and e.status not in RETRY_STATUS | {429}:
+                    raise BatchAPIError(f"{method} {path}: {last}") from None
+                pause = e.retry_after if e.status == 429 else None
+            except ValueError as e:  # an answer that is not JSON
                 last = f"{type(e).__name__}: {e}"
             if attempt < on.max_retries:
                 await asyncio.sleep(pause if pause is not None else on.backoff_s(attempt))
@@ -83,12 +81,14 @@ def jsonl_line(key: str, body: dict) -> str:
     return json.dumps({"custom_id": key, "method": "POST", "url": ENDPOINT, "body": body}) + "\n"
 
 
-def _form(payload: bytes, name: str) -> aiohttp.FormData:
-    """A fresh multipart body per attempt (aiohttp consumes a FormData once)."""
-    form = aiohttp.FormData()
-    form.add_field("purpose", "batch")
-    form.add_field("file", payload, filename=f"treesynth-{name}.jsonl", content_type="application/jsonl")
-    return form
+def _form(payload: bytes, name: str) -> tuple[bytes, str]:
+    """The multipart/form-data body of a batch input upload (purpose=batch, the JSONL as `file`) and its
+    content type."""
+    boundary = f"treesynth-{uuid.uuid4().hex}"
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="treesynth-{name}.jsonl"\r\n'
+            f"Content-Type: application/jsonl\r\n\r\n")
+    return head.encode() + payload + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 def read_results(text: str, answers: dict[str, Completion], errors: dict[str, str]) -> None:

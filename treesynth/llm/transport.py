@@ -1,21 +1,21 @@
-"""The HTTP transport of the `openai` backend: JSON over one keep-alive aiohttp session per base URL.
+"""The HTTP transport of the `openai` backend: JSON over keep-alive connections to one base URL.
 
-One transport, chosen by measurement: the official `AsyncOpenAI` client cost ~2.8 ms CPU per request
-against ~0.6 ms for a plain aiohttp session, which on a few cores capped a 64-slot pool well below what
-the server could serve. Every failure becomes an `HTTPError` of kind "status" (with the status and
+One transport, chosen by measurement: the official `AsyncOpenAI` client cost ~2.8 ms CPU per request and
+an aiohttp session ~0.6 ms of the synthesis client's; this one rests on the small HTTP/1.1 client in
+http.py (why: its docstring). Every failure becomes an `HTTPError` of kind "status" (with the status and
 Retry-After), "timeout" or "connection"; what to do about it is the URL pool's business (routing.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import time
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
 import orjson  # ~10x faster than json on request and response bodies: a twentieth of a request's CPU
+
+from treesynth.llm.http import HTTPClient, HTTPConnectionError, HTTPTimeout, Response
 
 
 class HTTPError(Exception):
@@ -27,43 +27,43 @@ class HTTPError(Exception):
 
 
 class Transport:
-    """POST/GET JSON on one base URL over a keep-alive aiohttp session."""
+    """Calls on one base URL (an API key as the Bearer token): JSON in and out (`request`), or any body
+    with its content type and the raw answer (`call`, for the Batch API's uploads and files)."""
 
     def __init__(self, url: str, key: str, max_connections: int, timeout_s: float):
         self.url = url
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max_connections),
-            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-            # No proxy/netrc lookup: aiohttp does it in a thread per request (two executor hops).
-            trust_env=False,
-            cookie_jar=aiohttp.DummyCookieJar(),  # an API sets no cookies; the jar's bookkeeping is per request
-        )
+        self.timeout_s = timeout_s
+        self.http = HTTPClient(url, {"Authorization": f"Bearer {key}"}, max_connections)
 
     async def request(self, method: str, path: str, body: dict | None = None, timeout_s: float | None = None) -> Any:
-        timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s else self.timeout
+        data = None if body is None else orjson.dumps(body)
+        r = await self.call(method, path, data, "application/json", timeout_s)
         try:
-            data = None if body is None else orjson.dumps(body)
-            async with self.session.request(method, self.url + path, data=data, timeout=timeout) as r:
-                raw = await r.read()
-                if r.status >= 400:
-                    raise HTTPError("status", r.status, error_message(raw), retry_after_s(r.headers))
-        except asyncio.TimeoutError as e:
-            raise HTTPError("timeout") from e
-        except aiohttp.ClientError as e:
-            raise HTTPError("connection", message=str(e) or type(e).__name__) from e
-        try:
-            return orjson.loads(raw)
+            return orjson.loads(r.body)
         except orjson.JSONDecodeError as e:
-            raise HTTPError("connection", message=f"response is not JSON: {raw[:80]!r}") from e
+            raise HTTPError("connection", message=f"response is not JSON: {r.body[:80]!r}") from e
+
+    async def call(self, method: str, path: str, data: bytes | None = None, content_type: str | None = None,
+                   timeout_s: float | None = None) -> Response:
+        """One call; a status >= 400 raises HTTPError("status") with the error message and Retry-After."""
+        headers = {"Content-Type": content_type} if data is not None and content_type else None
+        try:
+            r = await self.http.request(method, path, data, timeout_s or self.timeout_s, headers)
+        except HTTPTimeout as e:
+            raise HTTPError("timeout") from e
+        except HTTPConnectionError as e:
+            raise HTTPError("connection", message=str(e) or type(e).__name__) from e
+        if r.status >= 400:
+            raise HTTPError("status", r.status, error_message(r.body), retry_after_s(r.headers))
+        return r
 
     async def close(self) -> None:
-        await self.session.close()
+        await self.http.close()
 
 
 def retry_after_s(headers: Mapping[str, str] | None) -> float | None:
     """Seconds from Retry-After (seconds or HTTP date) or retry-after-ms; None when absent/garbled.
-    `headers` is looked up with lower-case names (aiohttp's headers are case-insensitive)."""
+    `headers` is looked up with lower-case names (as http.py keeps them)."""
     if headers is None:
         return None
     if (ms := headers.get("retry-after-ms")) is not None:
