@@ -26,6 +26,8 @@ Batch API (`/v1/files`, `/v1/batches`, `batch_*` arguments and attributes): tree
 Counters: `requests` (chat requests received, faults included), `answered`, `max_inflight`,
 `received` (request bodies, in arrival order), `last_authorization`, `faults` (kind -> faulted attempts),
 `fault_candidates` (distinct requests the fault kind applies to, faulted or not).
+Bodies are read and written with orjson: the stub's own CPU per request adds to the time every request
+holds a client slot, which bench/scale.py counts against the client.
 Standalone: `python -m treesynth.testing.stub_server --port 8000 --latency 0.2 --slots 64`
 [--fault-kind 500 --fault-rate 0.2 --fault-attempts 1 --hang-s 5] [--batch-delay 5 --batch-expire-after N
 --batch-error-rate 0.1].
@@ -47,6 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from treesynth.testing.scripted import instance
@@ -180,7 +183,7 @@ class StubServer(StubBatches):
         return web.json_response(err, status=status, headers=headers)
 
     async def _chat(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = orjson.loads(await request.read())
         self.requests += 1
         self.received.append(body)
         self.last_authorization = request.headers.get("Authorization")
@@ -211,7 +214,8 @@ class StubServer(StubBatches):
         if fault in ("malformed", "schema_invalid", "truncated"):
             reply = _damaged(reply, fault)
         self.answered += 1
-        return web.json_response(self._chat_completion(body, reply, f"chatcmpl-stub-{self.requests}"))
+        completion = orjson.dumps(self._chat_completion(body, reply, f"chatcmpl-stub-{self.requests}"))
+        return web.Response(body=completion, content_type="application/json")
 
     async def _reply(self, body: dict) -> StubReply:
         reply = self.respond(body) if self.respond else None
