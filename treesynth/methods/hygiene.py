@@ -36,7 +36,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from treesynth.datasets import DataUnavailable, benchmark_sources, load_source, source_fingerprint
 from treesynth.io import atomic_write_bytes
-from treesynth.metrics.diversity import shingles
 from treesynth.paths import artifact_cache
 from treesynth.settings import Hygiene as HygieneSettings
 from treesynth.settings import load
@@ -126,11 +125,31 @@ def normalize(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+SHINGLE = 5  # characters per shingle (as the diversity metric's `shingles`)
+_FNV_PRIME = np.uint64(0x100000001B3)  # mixes one more code point into a shingle's 64-bit value
+
+
+def _fmix64(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finalizer, elementwise: every input bit affects every output bit."""
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xFF51AFD7ED558CCD)
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xC4CEB9FE1A85EC53)
+    h ^= h >> np.uint64(33)
+    return h
+
+
 class NearDupIndex:
     """The texts kept so far, compactly: `add(text)` says "exact" / "near" (a duplicate of a kept text; not
-    added) or None (new; added). Near = MinHash Jaccard of char 5-gram shingles (the same shingles the
-    diversity metric uses) >= threshold, found through LSH band buckets (datasketch's optimal bands for
-    the threshold) and confirmed on the signatures."""
+    added) or None (new; added). Near = MinHash Jaccard of char 5-gram shingles >= threshold, found through
+    LSH band buckets (datasketch's optimal bands for the threshold) and confirmed on the signatures.
+
+    The signature is computed in numpy for the whole text at once: each shingle's code points folded into
+    64 bits and mixed (`_fmix64`, 32 bits kept), then num_perm multiply-shift hashes ((a*x + b) >> 32, a
+    2-independent family) and their minimum per hash. datasketch's MinHash hashed every shingle with its
+    own SHA-1 call in Python: ~130 us a short prompt, the largest share of the stream's CPU after HTTP;
+    this is a few times faster and estimates the Jaccard as well (unbiased; the same spread on one-word
+    edits of GSM8K questions)."""
 
     BLOCK = 8192
 
@@ -148,17 +167,23 @@ class NearDupIndex:
         # band content -> text index(es); keyed by hash(), not the bytes (64 bytes a band): collisions
         # only add candidates, which the signature comparison then rejects
         self.buckets: list[dict[int, int | list[int]]] = [{} for _ in self.bands]
-        self._template = None
+        rng = np.random.default_rng(1)  # fixed: the same text always has the same signature
+        self.a = rng.integers(1, 2**63, num_perm, dtype=np.uint64) | np.uint64(1)  # odd multipliers
+        self.b = rng.integers(0, 2**63, num_perm, dtype=np.uint64)
 
     def signature(self, text: str) -> np.ndarray:
-        from datasketch import MinHash
-
-        if self._template is None:  # drawing the permutations is most of a MinHash's cost: once
-            self._template = MinHash(num_perm=self.num_perm, seed=1)
-        t = self._template
-        m = MinHash(num_perm=self.num_perm, seed=1, permutations=t.permutations, scheme=t.scheme)
-        m.update_batch(list(shingles(text)))
-        return m.hashvalues.astype(np.uint32)
+        """The uint32 MinHash signature of the normalized text's character 5-grams (a text of 5 characters
+        or fewer is one shingle)."""
+        points = np.frombuffer(normalize(text).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+        if len(points) < SHINGLE:
+            points = np.concatenate([points, np.zeros(SHINGLE - len(points), np.uint64)])
+        n = len(points) - SHINGLE + 1
+        with np.errstate(over="ignore"):  # uint64 arithmetic wraps, as intended
+            h = points[:n].copy()
+            for j in range(1, SHINGLE):
+                h = h * _FNV_PRIME + points[j : j + n]
+            x = np.unique(_fmix64(h)) >> np.uint64(32)  # a set of shingles: duplicates count once
+            return ((x[:, None] * self.a + self.b) >> np.uint64(32)).min(axis=0).astype(np.uint32)
 
     def add(self, text: str) -> str | None:
         text = normalize(text)
