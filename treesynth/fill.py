@@ -143,7 +143,7 @@ class Fill:
             await asyncio.gather(generator, *self.tasks, return_exceptions=True)
             self.responses.close()
             if self.verifier is not None:
-                self.verifier.log.close()
+                self.verifier.close()
         if self.error is not None:
             raise self.error
         return self.metrics()

@@ -140,6 +140,10 @@ class Verifier:
         self.log.append(o)
         return o
 
+    def close(self) -> None:
+        """Write out the outcomes still buffered (a later outcome reopens the log)."""
+        self.log.close()
+
     async def run(self, records: list[dict]) -> tuple[list[dict], dict[str, Any]]:
         """(the records that pass, counts): `outcome` of each, concurrently. Outcomes that came back are
         logged even when another check raised (a budget stop)."""
@@ -152,7 +156,7 @@ class Verifier:
         try:
             results = await asyncio.gather(*(self.outcome(r) for r in records), return_exceptions=True)
         finally:
-            self.log.close()  # written out; a later append reopens it
+            self.close()
         if errors := [e for e in results if isinstance(e, BaseException)]:
             raise errors[0]
         kept = [r for r, o in zip(records, results, strict=True) if o["ok"]]
