@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import pytest
 from conftest import compose_config
@@ -139,6 +140,15 @@ def test_progress_lines_in_a_log_while_it_works(tmp_path, caplog):
     assert lines[-1].startswith("[synthesize] records 40/40 (100%)") and lines[-1].endswith("| finished")
     assert all("finished" not in line for line in lines[:-1])  # the timer's lines come while it works
     assert metrics["progress"]["elapsed_s"] > 0
+
+
+def test_first_progress_line_comes_after_first_s_then_every_s(caplog):
+    with caplog.at_level(logging.INFO, logger="treesynth"):
+        p = Progress("x", 10, bar="never", every_s=30, first_s=0.05)
+        time.sleep(0.4)
+        p.close()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[x] ")]
+    assert len(lines) == 2 and lines[-1].endswith("| finished")  # one early line, none at 30 s yet, the last
 
 
 def test_progress_counts_llm_work_since_it_started():

@@ -1,10 +1,11 @@
 """Progress of a long stage while it works: counts done / target, rate, ETA and, where LLMs are involved,
 requests/s, tokens and dollars so far.
 
-On a terminal it is a live tqdm bar; in a log or under a launcher (no TTY) it is one log line every
-`progress.every_s` seconds (conf/config.yaml), written by a timer thread, so a stage stuck on a slow endpoint
-still reports, and a last one with the final counts when it ends (if it reported at all). `progress.bar`: auto (bar on a TTY) | always | never. The totals stay in the stage metrics
-(`Progress.totals()`), the lines are only the live view.
+On a terminal it is a live tqdm bar; in a log or under a launcher (no TTY) it is a log line after
+`progress.first_s` seconds (the rate and the ETA early), then one every `progress.every_s` seconds
+(conf/config.yaml), written by a timer thread, so a stage stuck on a slow endpoint still reports, and a
+last one with the final counts when it ends (if it reported at all). `progress.bar`: auto (bar on a TTY) |
+always | never. The totals stay in the stage metrics (`Progress.totals()`), the lines are only the live view.
 """
 
 from __future__ import annotations
@@ -53,14 +54,15 @@ class Progress:
     cost are summed into every line; `extra()`: more fields for the line (e.g. nodes pending)."""
 
     def __init__(self, name: str, total: int | None = None, unit: str = "records", *, llms: Iterable[Any] = (),
-                 every_s: float | None = None, bar: str | None = None,
+                 every_s: float | None = None, first_s: float | None = None, bar: str | None = None,
                  extra: Callable[[], dict[str, Any]] | None = None):
         self.name, self.total, self.unit = name, total, unit
         given = [x for x in llms if x is not None]
         self.llms = [x for i, x in enumerate(given) if all(x is not y for y in given[:i])]  # generator may be teacher
         if every_s is None and _configured is not None:
-            every_s = _configured.every_s
+            every_s, first_s = _configured.every_s, first_s or _configured.first_s
         self.every_s = every_s  # None: no log lines
+        self.first_s = min(first_s or every_s, every_s) if every_s is not None else None
         bar = bar if bar is not None else _configured.bar if _configured is not None else "never"
         self.extra = extra
         self.done = 0
@@ -135,9 +137,11 @@ class Progress:
         return f"[{self.name}] " + " | ".join(parts)
 
     def _tick(self) -> None:
-        while not self._stop.wait(self.every_s):
+        wait = self.first_s
+        while not self._stop.wait(wait):
             log.info("%s", self.line())
             self.lines += 1
+            wait = self.every_s
 
     def totals(self) -> dict[str, Any]:
         """For the stage metrics: elapsed seconds and the rates over the whole stage."""

@@ -67,6 +67,7 @@ class Data:
 @dataclass
 class ProgressSettings:
     every_s: float = bound(gt=0)
+    first_s: float = bound(gt=0)
     bar: Literal["auto", "always", "never"]
 
 
