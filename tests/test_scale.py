@@ -151,6 +151,18 @@ def test_first_progress_line_comes_after_first_s_then_every_s(caplog):
     assert len(lines) == 2 and lines[-1].endswith("| finished")  # one early line, none at 30 s yet, the last
 
 
+def test_eta_waits_for_1_percent_then_goes_by_the_rate_since_the_last_line(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    p = Progress("x", 1000, bar="never")
+    now[0] += 100
+    p.set(5)  # a pipeline still filling: 5 records in 100 s
+    assert "ETA" not in p.line()
+    now[0] += 10
+    p.set(505)  # 500 in the last 10 s: 495 left at 50/s, not at the 4.6/s since the start
+    assert p.line().endswith("| ETA 9s")
+
+
 def test_progress_counts_llm_work_since_it_started():
     class Stats:
         requests = calls = cache_hits = prompt_tokens = completion_tokens = 0

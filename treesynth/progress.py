@@ -66,6 +66,7 @@ class Progress:
         bar = bar if bar is not None else _configured.bar if _configured is not None else "never"
         self.extra = extra
         self.done = 0
+        self._last = (0.0, 0)  # (elapsed, done) at the last line
         self.lines = 0
         self.start = time.monotonic()
         self._base = self._llm_totals()
@@ -132,8 +133,14 @@ class Progress:
             parts.append(llm)
         parts.append(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
         parts.append(f"elapsed {_duration(elapsed)}")
-        if self.total and 0 < self.done < self.total and rate > 0:
-            parts.append(f"ETA {_duration((self.total - self.done) / rate)}")
+        # The ETA goes by the rate since the last line: a stage that fills a pipeline first (synthesis
+        # writes its first records only after their prompts and answers came) starts slow. Under 1% done
+        # there is no telling yet.
+        since, done_then = self._last
+        recent = (self.done - done_then) / (elapsed - since) if elapsed > since and self.done > done_then else rate
+        self._last = (elapsed, self.done)
+        if self.total and 0.01 * self.total <= self.done < self.total and recent > 0:
+            parts.append(f"ETA {_duration((self.total - self.done) / recent)}")
         return f"[{self.name}] " + " | ".join(parts)
 
     def _tick(self) -> None:
