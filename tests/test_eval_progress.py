@@ -44,7 +44,7 @@ def test_evaluation_logs_items_done_of_total_while_it_runs(tmp_path, caplog, mon
     lm = SlowScriptedLM(answers)
     # the run's settings, as the stage sets them (configure); the process-wide ones come back after the test
     monkeypatch.setattr(treesynth.progress, "_configured", copy.copy(treesynth.progress._configured))
-    treesynth.progress.configure(OmegaConf.create({"progress": {"every_s": 0.06, "bar": "auto"}}))  # no TTY here
+    treesynth.progress.configure(OmegaConf.create({"progress": {"every_s": 0.06, "first_s": 0.06, "bar": "auto"}}))
     with caplog.at_level(logging.INFO, logger="treesynth"):
         res = run_eval(eval_cfg(limit=None), ["simpletom"], "scripted", None, str(data), tmp_path / "out",
                        lm=lm, stage="evaluate_base")
