@@ -151,6 +151,21 @@ def test_first_progress_line_comes_after_first_s_then_every_s(caplog):
     assert len(lines) == 2 and lines[-1].endswith("| finished")  # one early line, none at 30 s yet, the last
 
 
+def test_progress_ends_with_one_final_line_however_often_it_is_closed(caplog):
+    with caplog.at_level(logging.INFO, logger="treesynth"):
+        quiet = Progress("quiet", 10, bar="never", every_s=30)  # never reported: no line unless asked
+        quiet.close()
+        stopped = Progress("stopped", 10, bar="never", every_s=30)
+        stopped.close(final_line=True)  # a budget stop: the counts are shown
+        stopped.close()
+        busy = Progress("busy", 10, bar="never", every_s=30, first_s=0.02)
+        time.sleep(0.1)
+        busy.close(final_line=True)
+        busy.close()
+    ends = [r.getMessage().split()[0] for r in caplog.records if r.getMessage().endswith("| finished")]
+    assert ends == ["[stopped]", "[busy]"]
+
+
 def test_eta_waits_for_1_percent_then_goes_by_the_rate_since_the_last_line(monkeypatch):
     now = [1000.0]
     monkeypatch.setattr(time, "monotonic", lambda: now[0])

@@ -67,6 +67,7 @@ class Progress:
         self.extra = extra
         self.done = 0
         self._last = (0.0, 0)  # (elapsed, done) at the last line
+        self._closed = False
         self.lines = 0
         self.start = time.monotonic()
         self._base = self._llm_totals()
@@ -159,13 +160,17 @@ class Progress:
             out["llm_calls_per_s"] = round(d["calls"] / max(elapsed, 1e-9), 2)
         return out
 
-    def close(self) -> None:
+    def close(self, final_line: bool = False) -> None:
+        """Stop reporting (again: no-op). A stage that reported at all ends with a line of its final counts;
+        `final_line`: also one that never did (a stop the user must see the counts of)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            if self.lines:  # a stage long enough to have reported ends with its final counts too
-                log.info("%s | finished", self.line())
-                self.lines += 1
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join()
+        if (thread is not None and self.lines) or (final_line and not self._closed):
+            log.info("%s | finished", self.line())
+            self.lines += 1
+        self._closed = True
         if self._bar is not None:
             self._bar.close()
 

@@ -190,8 +190,7 @@ async def synthesize(cfg: DictConfig, out: Path) -> dict[str, Any]:
             counts = await Fill(method, teacher, cfg, size, data, progress.set).run()
     except BudgetExceeded as e:
         await _drain_in_flight()
-        progress.close()
-        log.info("%s", progress.line())
+        progress.close(final_line=True)
         raise TreesynthError(f"stopped: {e}") from None
     finally:
         progress.close()
