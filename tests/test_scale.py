@@ -81,6 +81,7 @@ def test_budget_stops_cleanly_then_resumes_without_paying_twice(tmp_path, monkey
     out = stage_dir(low, "synthesize")
     spent = json.loads((out / "cost.json").read_text())["spent_usd"]
     assert 0 < spent <= need / 2 and not (out / "data.jsonl").exists()
+    assert f"reached: ${spent:.4f} spent" in str(e.value)  # the spend once the calls in flight came back
     first_run = len(calls)
     assert first_run > 0
 

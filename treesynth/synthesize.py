@@ -188,10 +188,13 @@ async def synthesize(cfg: DictConfig, out: Path) -> dict[str, Any]:
         method = cls(env)
         with _atomic_file(out / "data.jsonl") as partial, open(partial, "w", encoding="utf-8") as data:
             counts = await Fill(method, teacher, cfg, size, data, progress.set).run()
-    except BudgetExceeded as e:
+    except BudgetExceeded:
         await _drain_in_flight()
         progress.close(final_line=True)
-        raise TreesynthError(f"stopped: {e}") from None
+        # what the runs of this artifact spent once the calls in flight came back (not when one was refused)
+        raise TreesynthError(
+            f"stopped: budget llm.budget_usd={budget.limit:g} reached: ${budget.total:.4f} spent, a further call "
+            "could pass it; rerun with a larger budget to resume from the checkpoint") from None
     finally:
         progress.close()
         save_cost(budget, out)
