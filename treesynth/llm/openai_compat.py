@@ -1,7 +1,7 @@
 """`openai` backend: any OpenAI-compatible chat endpoint (OpenAI, a vLLM server, a llama.cpp server),
 spread over one or several base URLs.
 
-Three parts: the HTTP transport (transport.py: one aiohttp session per URL), the URL pool
+Three parts: the HTTP transport (transport.py: keep-alive connections per URL, llm/http.py), the URL pool
 (routing.py: least-busy routing, a slot bound and a 429 cooldown per URL, failures classified), and
 this backend: request bodies, the retry policy, health checks, parsing the answer. A failed attempt
 that may help to repeat (429, 408/409/5xx, connection errors, timeouts) is sent again by tenacity up
