@@ -79,7 +79,7 @@ def exchange(server: RawServer, *calls: tuple, **client_kw) -> tuple[list, RawSe
 
     async def go() -> list:
         url = await server.start()
-        client = HTTPClient(url, {"Authorization": "Bearer sk-test"}, max_connections=4, **client_kw)
+        client = HTTPClient(url, {"Authorization": "Bearer sk-test"}, **client_kw)
         out = []
         try:
             for method, path, *rest in calls:
@@ -134,7 +134,7 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_without_an_error(
     server = RawServer(lambda n, req: ok(b"fine"))
 
     async def go() -> list:
-        client = HTTPClient(await server.start(), {}, 2)
+        client = HTTPClient(await server.start(), {})
         first = await client.request("GET", "/a")
         for w in server.writers:  # the server's keep-alive timeout: it drops the idle connection
             w.transport.abort()
@@ -170,7 +170,7 @@ def test_refused_connection_and_malformed_answer_are_connection_errors():
         port = s.getsockname()[1]  # nothing listens once closed
 
     async def refused() -> Exception:
-        client = HTTPClient(f"http://127.0.0.1:{port}/v1", {}, 1)
+        client = HTTPClient(f"http://127.0.0.1:{port}/v1", {})
         try:
             await client.request("GET", "/models", timeout_s=5)
         except HTTPConnectionError as e:

@@ -27,12 +27,12 @@ class BatchAPIError(Exception):
 
 class BatchAPI:
     """The batch endpoints of the online backend's first base URL (a batch lives on one account), over the
-    backend's transport (transport.py): create it inside the event loop that uses it."""
+    backend's transport (transport.py), one call at a time: create it inside the event loop that uses it."""
 
     def __init__(self, online: OpenAIBackend):
         self.online = online
         self.base_url = online.base_urls[0]
-        self.transport = Transport(self.base_url, online.api_key(), 4, online.timeout_s)
+        self.transport = Transport(self.base_url, online.api_key(), online.timeout_s)
 
     async def upload(self, payload: bytes, name: str) -> dict:
         body, content_type = _form(payload, name)

@@ -1,5 +1,5 @@
 """A small HTTP/1.1 client for JSON APIs: keep-alive connections to one origin, one request per connection
-at a time.
+at a time; how many requests run at once is the caller's bound (routing.py's slots per URL).
 
 Why not aiohttp's ClientSession: against the loopback stub (200 ms, 256 slots) a bare loop of requests
 through it kept 0.91 of the slots busy, and the same loop over this client 0.95; aiohttp's request path
@@ -191,9 +191,9 @@ def _decoded(body: bytes, headers: dict[str, str]) -> bytes:
 
 class HTTPClient:
     """Requests to one origin (`base_url`'s scheme, host and port; its path prefixes every request path)
-    over at most `max_connections` keep-alive connections. Make and use it in one event loop."""
+    over keep-alive connections, one per request in flight. Make and use it in one event loop."""
 
-    def __init__(self, base_url: str, headers: dict[str, str], max_connections: int):
+    def __init__(self, base_url: str, headers: dict[str, str]):
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -206,7 +206,6 @@ class HTTPClient:
         fixed = {"Host": netloc, "Accept-Encoding": "identity", "Accept": "application/json", **headers}
         self.fixed_head = "".join(f"{k}: {v}\r\n" for k, v in fixed.items())
         self.loop = asyncio.get_running_loop()
-        self.slots = asyncio.Semaphore(max_connections)
         self.idle: list[_Connection] = []
         self.open: set[_Connection] = set()
 
@@ -219,15 +218,14 @@ class HTTPClient:
             head += f"Content-Length: {len(body or b'')}\r\n"
         data = (head + "\r\n").encode("latin-1") + (body or b"")
         deadline = self.loop.time() + timeout_s
-        async with self.slots:
-            conn = await self._connection(deadline)
-            try:
-                return await self._send(conn, data, deadline)
-            except HTTPConnectionError:
-                if conn.used > 1 and not conn.got_bytes:
-                    # a reused connection the server had closed while it idled: once more on a new one
-                    return await self._send(await self._connect(deadline), data, deadline)
-                raise
+        conn = await self._connection(deadline)
+        try:
+            return await self._send(conn, data, deadline)
+        except HTTPConnectionError:
+            if conn.used > 1 and not conn.got_bytes:
+                # a reused connection the server had closed while it idled: once more on a new one
+                return await self._send(await self._connect(deadline), data, deadline)
+            raise
 
     async def _send(self, conn: _Connection, data: bytes, deadline: float) -> Response:
         waiter = self.loop.create_future()

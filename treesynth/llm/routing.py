@@ -64,7 +64,7 @@ class URLPool:
     def __init__(self, urls: list[str], key: str, max_concurrency: int, timeout_s: float, cooldown_429_s: float):
         self.loop = asyncio.get_running_loop()
         self.timeout_s, self.cooldown_429_s = timeout_s, cooldown_429_s
-        self.endpoints = [Endpoint(url, Transport(url, key, max_concurrency, timeout_s), asyncio.Semaphore(max_concurrency))
+        self.endpoints = [Endpoint(url, Transport(url, key, timeout_s), asyncio.Semaphore(max_concurrency))
                           for url in urls]
         self.turn = 0  # round-robin tie break among equally busy URLs
 

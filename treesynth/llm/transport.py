@@ -30,10 +30,10 @@ class Transport:
     """Calls on one base URL (an API key as the Bearer token): JSON in and out (`request`), or any body
     with its content type and the raw answer (`call`, for the Batch API's uploads and files)."""
 
-    def __init__(self, url: str, key: str, max_connections: int, timeout_s: float):
+    def __init__(self, url: str, key: str, timeout_s: float):
         self.url = url
         self.timeout_s = timeout_s
-        self.http = HTTPClient(url, {"Authorization": f"Bearer {key}"}, max_connections)
+        self.http = HTTPClient(url, {"Authorization": f"Bearer {key}"})
 
     async def request(self, method: str, path: str, body: dict | None = None, timeout_s: float | None = None) -> Any:
         data = None if body is None else orjson.dumps(body)

@@ -172,9 +172,9 @@ class NearDupIndex:
         self.b = rng.integers(0, 2**63, num_perm, dtype=np.uint64)
 
     def signature(self, text: str) -> np.ndarray:
-        """The uint32 MinHash signature of the normalized text's character 5-grams (a text of 5 characters
-        or fewer is one shingle)."""
-        points = np.frombuffer(normalize(text).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+        """The uint32 MinHash signature of the character 5-grams of `text`, already `normalize`d (`add`
+        does it once for the digest and this); a text of 5 characters or fewer is one shingle."""
+        points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
         if len(points) < SHINGLE:
             points = np.concatenate([points, np.zeros(SHINGLE - len(points), np.uint64)])
         n = len(points) - SHINGLE + 1
